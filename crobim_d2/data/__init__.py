@@ -1,0 +1,1 @@
+"""RRSIS datasets, the dataset mapper and tokenization."""

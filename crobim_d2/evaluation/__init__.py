@@ -1,0 +1,1 @@
+"""RRSIS metrics (oIoU, mIoU, Pr@X)."""

@@ -1,0 +1,53 @@
+"""crobim-d2: CroBIM for referring remote sensing image segmentation, as a Detectron2 plugin.
+
+The multi-scale deformable attention op in csrc/ is compiled into ``crobim_d2._C``: CPU kernels always,
+CUDA kernels when a CUDA toolkit is present and either a GPU is visible or ``FORCE_CUDA=1``.
+"""
+import glob
+import os
+
+from setuptools import find_packages, setup
+
+import torch
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+
+
+def build_extensions():
+    here = os.path.dirname(os.path.abspath(__file__))
+    csrc = os.path.join(here, "csrc")
+    cpp = sorted(glob.glob(os.path.join(csrc, "*.cpp")) + glob.glob(os.path.join(csrc, "cpu", "*.cpp")))
+    if not cpp:
+        return []
+    cu = sorted(glob.glob(os.path.join(csrc, "cuda", "*.cu")))
+    want_cuda = torch.cuda.is_available() or os.environ.get("FORCE_CUDA", "0") == "1"
+    extra = {"cxx": ["-O3", "-std=c++17"]}
+    define = []
+    extension = CppExtension
+    sources = cpp
+    if want_cuda and CUDA_HOME is not None and cu:
+        extension = CUDAExtension
+        sources = cpp + cu
+        define = [("WITH_CUDA", None)]
+        extra["nvcc"] = ["-O3", "-std=c++17", "--expt-relaxed-constexpr"]
+    return [
+        extension(
+            "crobim_d2._C",
+            sources=[os.path.relpath(s, here) for s in sources],
+            include_dirs=[csrc],
+            define_macros=define,
+            extra_compile_args=extra,
+        )
+    ]
+
+
+setup(
+    name="crobim_d2",
+    version="0.1.0",
+    description="CroBIM referring remote sensing image segmentation as a Detectron2 plugin",
+    packages=find_packages(exclude=("tests", "benchmarks", "projects", "datasets", "tools")),
+    package_data={"crobim_d2": ["resources/*/*"]},
+    python_requires=">=3.10",
+    ext_modules=build_extensions(),
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    entry_points={"console_scripts": ["crobim-predict=crobim_d2.geo.cli:main"]},
+)
