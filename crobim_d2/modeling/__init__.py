@@ -1,6 +1,12 @@
+"""The CroBIM network: backbones, text encoder, paper modules and the meta-architecture.
+
+Importing this package registers ``D2SwinTransformer``, ``D2ConvNeXt`` and ``CroBIM`` with Detectron2.
+The deformable-attention op (``ops``) needs only torch and is imported first, also without detectron2.
+"""
 import importlib.util
 
 from . import ops  # noqa: F401  (torch only)
 
 if importlib.util.find_spec("detectron2") is not None:
-    pass
+    from .backbone import D2ConvNeXt, D2SwinTransformer  # noqa: F401  (registers the backbones)
+    from .text_encoder import TextEncoder  # noqa: F401
