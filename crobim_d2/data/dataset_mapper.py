@@ -1,0 +1,93 @@
+"""Turns an RRSIS record into the model's input: resized image, tokens, and (training) the resized mask."""
+import copy
+from typing import Any
+
+import numpy as np
+import torch
+from detectron2.config import configurable
+from PIL import Image
+
+from .images import read_image_rgb
+from .masks import load_gt_mask
+from .tokenization import build_tokenizer, encode_expression
+
+__all__ = ["RRSISDatasetMapper"]
+
+
+class RRSISDatasetMapper:
+    """Read the image as RGB, resize it to ``image_size`` x ``image_size`` (bilinear), tokenize the expression.
+
+    Output: the record's fields plus ``image`` uint8 (3, S, S), ``lang_tokens`` / ``lang_mask`` int64 (T,),
+    ``height`` / ``width`` of the original image, and in training ``gt_mask`` uint8 (S, S) resized with
+    nearest neighbour. Augmentation is off by default as in the paper; RMSIN's random black boxes (zeroed
+    rectangles on the image, the mask unchanged) can be enabled for training.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        is_train: bool = True,
+        *,
+        tokenizer,
+        image_size: int = 480,
+        max_tokens: int = 20,
+        black_boxes_prob: float = 0.0,
+        black_boxes_max: int = 3,
+        black_boxes_max_size: float = 0.2,
+    ):
+        self.is_train = is_train
+        self.tokenizer = tokenizer
+        self.image_size = image_size
+        self.max_tokens = max_tokens
+        self.black_boxes_prob = black_boxes_prob if is_train else 0.0
+        self.black_boxes_max = black_boxes_max
+        self.black_boxes_max_size = black_boxes_max_size
+
+    @classmethod
+    def from_config(cls, cfg, is_train: bool = True) -> dict[str, Any]:
+        boxes = cfg.INPUT.RANDOM_BLACK_BOXES
+        return {
+            "is_train": is_train,
+            "tokenizer": build_tokenizer(cfg.MODEL.TEXT_ENCODER.WEIGHTS),
+            "image_size": cfg.INPUT.IMAGE_SIZE,
+            "max_tokens": cfg.INPUT.MAX_TOKENS,
+            "black_boxes_prob": boxes.PROB if boxes.ENABLED else 0.0,
+            "black_boxes_max": boxes.MAX_BOXES,
+            "black_boxes_max_size": boxes.MAX_SIZE,
+        }
+
+    def _black_boxes(self, image: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
+        rng = rng or np.random.default_rng(int(torch.randint(0, 2**31 - 1, ()).item()))
+        if rng.random() >= self.black_boxes_prob:
+            return image
+        image = image.copy()
+        size = image.shape[0]
+        max_side = max(1, int(self.black_boxes_max_size * size))
+        for _ in range(int(rng.integers(1, self.black_boxes_max + 1))):
+            h, w = rng.integers(1, max_side + 1, size=2)
+            y, x = rng.integers(0, size - h + 1), rng.integers(0, size - w + 1)
+            image[y : y + h, x : x + w] = 0
+        return image
+
+    def __call__(self, dataset_dict: dict[str, Any]) -> dict[str, Any]:
+        record = copy.deepcopy(dataset_dict)
+        image = read_image_rgb(record["file_name"])
+        height, width = image.shape[:2]
+        if (record.get("height", height), record.get("width", width)) != (height, width):
+            raise ValueError(
+                f"{record['file_name']} is {height}x{width} but its record says "
+                f"{record['height']}x{record['width']}; fix the dataset's height/width."
+            )
+        record["height"], record["width"] = height, width
+        size = (self.image_size, self.image_size)
+        image = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
+        if self.black_boxes_prob > 0:
+            image = self._black_boxes(image)
+        record["image"] = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        record["lang_tokens"], record["lang_mask"] = encode_expression(
+            self.tokenizer, record["sentence"], self.max_tokens
+        )
+        if self.is_train:
+            mask = Image.fromarray(load_gt_mask(record).astype(np.uint8)).resize(size, Image.NEAREST)
+            record["gt_mask"] = torch.from_numpy(np.asarray(mask, dtype=np.uint8).copy())
+        return record

@@ -1,0 +1,39 @@
+"""Image reading shared by the dataset loaders, the mapper and the predictor."""
+
+import numpy as np
+from PIL import Image
+
+
+def read_image_rgb(path: str) -> np.ndarray:
+    """Read an image file (PNG, JPEG, 8-bit TIFF, ...) as uint8 (H, W, 3) RGB; grayscale and RGBA are converted."""
+    try:
+        with Image.open(path) as img:
+            if img.mode in ("I;16", "I;16B", "I"):
+                # 16-bit single band: stretch to 8 bits before replicating to RGB.
+                arr = np.asarray(img, dtype=np.float64)
+                lo, hi = float(arr.min()), float(arr.max())
+                arr = (arr - lo) * (255.0 / max(hi - lo, 1.0))
+                return np.repeat(arr.astype(np.uint8)[:, :, None], 3, axis=2)
+            return np.asarray(img.convert("RGB"))
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"Image not found: {path}. Check the dataset folder (see datasets/README.md) or DETECTRON2_DATASETS."
+        ) from None
+    except OSError as e:
+        raise ValueError(
+            f"Cannot read image {path} ({e}). Convert it to an 8-bit RGB PNG, JPEG or TIFF."
+        ) from e
+
+
+def read_image_size(path: str) -> tuple[int, int]:
+    """Return ``(height, width)`` from the file header without decoding the pixels."""
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"Image not found: {path}. Check the dataset folder (see datasets/README.md) or DETECTRON2_DATASETS."
+        ) from None
+    except OSError as e:
+        raise ValueError(f"Cannot read image {path} ({e}); is it an image file?") from e
+    return height, width
