@@ -1,0 +1,263 @@
+"""Mutual-interaction decoder, MID (Sec. IV-C, Eq. 14-17, Fig. 8, Table VII)."""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from detectron2.config import configurable
+from detectron2.layers import ShapeSpec
+from torch import nn
+
+from . import ops
+
+ATTENTION_SCHEMES = ("cascaded", "unidirectional", "parallel")
+
+
+class Attention(nn.Module):
+    """Multi-head attention on F.scaled_dot_product_attention with a key padding mask.
+
+    ``fp32`` runs the attention itself in float32 (the projections keep the autocast dtype): used where the
+    softmax spans the ~19k visual tokens.
+    """
+
+    def __init__(self, dim: int, num_heads: int, dropout: float, fp32: bool = False):
+        super().__init__()
+        self.num_heads, self.dropout, self.fp32 = num_heads, dropout, fp32
+        self.q, self.k, self.v, self.out = (nn.Linear(dim, dim) for _ in range(4))
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        key_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """query (N, Q, D), key/value (N, S, D), key_mask (N, S) bool, True = attend -> (N, Q, D)."""
+        n, m = query.shape[0], self.num_heads
+        q, k, v = (
+            x.view(n, x.shape[1], m, -1).transpose(1, 2) for x in (self.q(query), self.k(key), self.v(value))
+        )
+        if self.fp32:
+            q, k, v = q.float(), k.float(), v.float()
+        mask = None if key_mask is None else key_mask[:, None, None, :]
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
+        )
+        return self.out(out.transpose(1, 2).flatten(2).to(query.dtype))
+
+
+class FFN(nn.Sequential):
+    def __init__(self, dim: int, ffn_dim: int, dropout: float):
+        super().__init__(
+            nn.Linear(dim, ffn_dim), nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(ffn_dim, dim)
+        )
+
+
+class MutualInteractionLayer(nn.Module):
+    """One decoder layer: language <- vision (Eq. 15), then vision <- language (Eq. 16).
+
+    Every sub-layer is post-norm: x = LN(x + Dropout(sublayer(x))). ``attention`` selects the scheme of
+    Table VII: "cascaded" (CBAM, paper) updates the language from the vision first and lets the vision read the
+    updated language; "parallel" (WPA-style) lets both directions read the layer's inputs; "unidirectional"
+    (PWAM-style) only updates the vision, and the language sub-layers are not built.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        num_levels: int,
+        num_points: int,
+        ffn_dim: int,
+        dropout: float,
+        attention: str,
+        msda_impl: str,
+    ):
+        super().__init__()
+        self.attention = attention
+        if attention != "unidirectional":
+            self.lang_cross = Attention(dim, num_heads, dropout, fp32=True)
+            self.lang_self = Attention(dim, num_heads, dropout)
+            self.lang_ffn = FFN(dim, ffn_dim, dropout)
+            self.lang_norms = nn.ModuleList(nn.LayerNorm(dim) for _ in range(3))
+        self.vis_cross = Attention(dim, num_heads, dropout)
+        self.msda = ops.MSDeformAttn(dim, num_levels, num_heads, num_points, impl=msda_impl)
+        self.vis_ffn = FFN(dim, ffn_dim, dropout)
+        self.vis_norms = nn.ModuleList(nn.LayerNorm(dim) for _ in range(3))
+        self.drop = nn.Dropout(dropout)
+
+    def update_language(
+        self, lang: torch.Tensor, lang_mask: torch.Tensor, vis: torch.Tensor, pos: torch.Tensor
+    ) -> torch.Tensor:
+        """L^_v = FFN(SelfAttn(CrossAttn(L_v, V_ms))), Eq. 15."""
+        norms = self.lang_norms
+        lang = norms[0](lang + self.drop(self.lang_cross(lang, vis + pos, vis)))
+        lang = norms[1](lang + self.drop(self.lang_self(lang, lang, lang, lang_mask)))
+        return norms[2](lang + self.drop(self.lang_ffn(lang)))
+
+    def update_vision(
+        self,
+        vis: torch.Tensor,
+        pos: torch.Tensor,
+        lang: torch.Tensor,
+        lang_mask: torch.Tensor,
+        reference_points: torch.Tensor,
+        spatial_shapes: torch.Tensor,
+        level_start_index: torch.Tensor,
+    ) -> torch.Tensor:
+        """V^_ms = FFN(MSDeformAttn(CrossAttn(V_ms, L^_v))), Eq. 16."""
+        norms = self.vis_norms
+        vis = norms[0](vis + self.drop(self.vis_cross(vis + pos, lang, lang, lang_mask)))
+        sampled = self.msda(vis + pos, reference_points, vis, spatial_shapes, level_start_index)
+        vis = norms[1](vis + self.drop(sampled.to(vis.dtype)))
+        return norms[2](vis + self.drop(self.vis_ffn(vis)))
+
+    def forward(
+        self,
+        vis: torch.Tensor,
+        pos: torch.Tensor,
+        lang: torch.Tensor,
+        lang_mask: torch.Tensor,
+        reference_points: torch.Tensor,
+        spatial_shapes: torch.Tensor,
+        level_start_index: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.attention == "unidirectional":
+            new_lang = lang
+        else:
+            new_lang = self.update_language(lang, lang_mask, vis, pos)
+        guide = lang if self.attention == "parallel" else new_lang
+        vis = self.update_vision(
+            vis, pos, guide, lang_mask, reference_points, spatial_shapes, level_start_index
+        )
+        return vis, new_lang
+
+
+def sine_position_encoding(h: int, w: int, dim: int, ref: torch.Tensor) -> torch.Tensor:
+    """DETR's normalized 2D sine encoding, (h*w, dim): dim/2 channels for y, then dim/2 for x."""
+    ys = (torch.arange(h, device=ref.device, dtype=torch.float32) + 0.5) / h * 2 * math.pi
+    xs = (torch.arange(w, device=ref.device, dtype=torch.float32) + 0.5) / w * 2 * math.pi
+    half = dim // 2
+    freqs = 10000 ** (2 * (torch.arange(half, device=ref.device) // 2) / half)
+    py = ys[:, None] / freqs
+    px = xs[:, None] / freqs
+    py = torch.stack([py[:, 0::2].sin(), py[:, 1::2].cos()], dim=2).flatten(1)
+    px = torch.stack([px[:, 0::2].sin(), px[:, 1::2].cos()], dim=2).flatten(1)
+    return torch.cat([py[:, None, :].expand(h, w, half), px[None, :, :].expand(h, w, half)], dim=2).flatten(
+        0, 1
+    )
+
+
+class MutualInteractionDecoder(nn.Module):
+    """Cascaded bidirectional vision-language decoder producing the mask logits at res2 resolution.
+
+    Eq. 14: every level is projected to D (1x1 conv + GroupNorm), flattened and concatenated into V_ms
+    (sum_i H_i W_i tokens) with a sine position encoding plus a learned level embedding; L_v is projected
+    from D_l to D. The layers cross-attend between the 20+N_p language tokens and all V_ms tokens and run
+    multi-scale deformable attention over V_ms: nothing attends densely from V_ms to V_ms.
+    Eq. 17 reading: V^_ms + V_ms is split back into its levels, each resampled (bilinear) to H_1 x W_1 and
+    summed, then a 1x1 conv gives V_out; the prediction is the per-pixel dot product of V_out with
+    L_out = Linear(L^_v[CLS]) (token 0), scaled by 1/sqrt(D) so that initial logits are O(1).
+    The paper does not give the number of layers; it is configurable.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        in_channels: list[int],
+        text_dim: int,
+        hidden_dim: int = 256,
+        num_layers: int = 3,
+        num_heads: int = 8,
+        num_points: int = 4,
+        ffn_dim: int = 1024,
+        attention: str = "cascaded",
+        msda_impl: str = "auto",
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        if attention not in ATTENTION_SCHEMES:
+            raise ValueError(
+                f"MODEL.CROBIM.MID_ATTENTION={attention!r} is unknown; use one of {ATTENTION_SCHEMES}."
+            )
+        if hidden_dim % 32 != 0 or hidden_dim % num_heads != 0:
+            raise ValueError(
+                f"MODEL.CROBIM.HIDDEN_DIM={hidden_dim} must be a multiple of 32 (GroupNorm) and of "
+                f"MID_NUM_HEADS={num_heads}."
+            )
+        if num_layers < 1:
+            raise ValueError(f"MODEL.CROBIM.MID_NUM_LAYERS must be >= 1, got {num_layers}.")
+        self.input_proj = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(c, hidden_dim, 1), nn.GroupNorm(32, hidden_dim)) for c in in_channels
+        )  # Proj_v, Eq. 14
+        self.level_embed = nn.Parameter(torch.empty(len(in_channels), hidden_dim))
+        nn.init.normal_(self.level_embed)
+        self.lang_proj = nn.Linear(text_dim, hidden_dim)
+        self.layers = nn.ModuleList(
+            MutualInteractionLayer(
+                hidden_dim, num_heads, len(in_channels), num_points, ffn_dim, dropout, attention, msda_impl
+            )
+            for _ in range(num_layers)
+        )
+        self.mask_embed = nn.Conv2d(hidden_dim, hidden_dim, 1)  # V_out, Eq. 17
+        self.cls_embed = nn.Linear(hidden_dim, hidden_dim)  # L_out, Eq. 17
+
+    @classmethod
+    def from_config(cls, cfg, input_shape: dict[str, ShapeSpec], text_dim: int) -> dict:
+        c = cfg.MODEL.CROBIM
+        return {
+            "in_channels": [input_shape[f].channels for f in c.IN_FEATURES],
+            "text_dim": text_dim,
+            "hidden_dim": c.HIDDEN_DIM,
+            "num_layers": c.MID_NUM_LAYERS,
+            "num_heads": c.MID_NUM_HEADS,
+            "num_points": c.MID_NUM_POINTS,
+            "ffn_dim": c.MID_FFN_DIM,
+            "attention": c.MID_ATTENTION,
+            "msda_impl": c.MSDA_IMPL,
+            "dropout": c.DROPOUT,
+        }
+
+    def forward(
+        self, features: list[torch.Tensor], lang: torch.Tensor, lang_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """features V_l1..V_l4 (N, C_i, H_i, W_i), lang L_v (N, T, D_l), lang_mask (N, T) -> (N, 1, H_1, W_1)."""
+        if len(features) != len(self.input_proj):
+            raise ValueError(f"MID was built for {len(self.input_proj)} levels, got {len(features)}.")
+        shapes = [f.shape[-2:] for f in features]
+        projected = [proj(f).flatten(2).transpose(1, 2) for proj, f in zip(self.input_proj, features)]
+        v_ms = torch.cat(projected, dim=1)  # V_ms, Eq. 14
+        pos = torch.cat(
+            [
+                sine_position_encoding(h, w, v_ms.shape[-1], v_ms) + self.level_embed[i]
+                for i, (h, w) in enumerate(shapes)
+            ]
+        ).to(v_ms.dtype)
+        spatial_shapes = torch.tensor([list(s) for s in shapes], dtype=torch.long, device=v_ms.device)
+        level_start_index = torch.cat([spatial_shapes.new_zeros(1), spatial_shapes.prod(1).cumsum(0)[:-1]])
+        reference_points = torch.cat([self.reference_points(h, w, v_ms) for h, w in shapes])
+        reference_points = reference_points[None, :, None, :].expand(v_ms.shape[0], -1, len(shapes), -1)
+        key_mask = lang_mask.bool()
+        vis, lng = v_ms, self.lang_proj(lang)
+        for layer in self.layers:
+            vis, lng = layer(vis, pos, lng, key_mask, reference_points, spatial_shapes, level_start_index)
+        fused = (vis + v_ms).transpose(1, 2)  # V^_ms + V_ms
+        h1, w1 = shapes[0]
+        mask_features = sum(
+            F.interpolate(level.unflatten(2, s), size=(h1, w1), mode="bilinear", align_corners=False)
+            if tuple(s) != (h1, w1)
+            else level.unflatten(2, s)
+            for level, s in zip(fused.split([h * w for h, w in shapes], dim=2), shapes)
+        )
+        v_out = self.mask_embed(mask_features)  # V_out (N, D, H_1, W_1)
+        l_out = self.cls_embed(lng[:, 0])  # L_out: [CLS]
+        scale = v_out.shape[1] ** -0.5
+        return torch.einsum("nchw,nc->nhw", v_out, l_out.to(v_out.dtype) * scale)[:, None]  # Eq. 17
+
+    @staticmethod
+    def reference_points(h: int, w: int, ref: torch.Tensor) -> torch.Tensor:
+        """Normalized (x, y) centres of an h x w grid, (h*w, 2)."""
+        ys = (torch.arange(h, device=ref.device, dtype=torch.float32) + 0.5) / h
+        xs = (torch.arange(w, device=ref.device, dtype=torch.float32) + 0.5) / w
+        return torch.stack(torch.meshgrid(xs, ys, indexing="xy"), -1).reshape(-1, 2)
