@@ -138,6 +138,17 @@ def test_nodata_excluded_from_stats_input_and_mask(tmp_path):
     assert (mask[:, :8] == 0).all() and (mask[:, 8:] == 1).all()
 
 
+def test_alpha_band_and_nan_are_nodata(tmp_path):
+    rgba = np.full((4, H, W), 200, np.uint8)
+    rgba[3, :, :5] = 0  # transparent stripe
+    scene = read_scene(write_raster(tmp_path / "rgba.png", rgba, crs=None, driver="PNG"))
+    assert not scene.valid[:, :5].any() and scene.valid[:, 5:].all() and (scene.rgb[:, :5] == 0).all()
+    floats = np.random.default_rng(1).random((3, H, W)).astype(np.float32)
+    floats[1, 3, 4] = np.nan
+    scene = read_scene(write_raster(tmp_path / "f.tif", floats))
+    assert scene.valid.sum() == H * W - 1 and not scene.valid[3, 4] and scene.rgb.max() == 255
+
+
 def test_png_without_crs_gives_plain_tiff_and_pixel_coordinates(tmp_path):
     path = write_raster(tmp_path / "photo.png", np.zeros((3, H, W), np.uint8), crs=None, driver="PNG")
     records = cli.run_jobs(
