@@ -21,7 +21,7 @@ def inputs(n: int = 2, sizes=(32, 16, 8, 4), tokens: int = 12, valid: int = 7):
 
 def build(**kwargs) -> LanguageGuidedFeatureAggregation:
     torch.manual_seed(0)
-    args = dict(in_channels=CHANNELS, text_dim=24, num_heads=4, topk=3, adc_dim=16)
+    args = {"in_channels": CHANNELS, "text_dim": 24, "num_heads": 4, "topk": 3, "adc_dim": 16}
     return LanguageGuidedFeatureAggregation(**{**args, **kwargs})
 
 
