@@ -258,5 +258,8 @@ def test_cli_errors(tmp_path, model_files, capsys):
     assert "Empty expression at" in _error(capsys, args + ["--jobs", str(jobs)] + out)
     jobs.write_text("not json\n")
     assert "line 1 is not valid JSON" in _error(capsys, args + ["--jobs", str(jobs)] + out)
+    assert "--threshold 1.5 must be" in _error(
+        capsys, args + ["--input", good, "--expression", "x", "--threshold", "1.5"] + out
+    )
     assert "give --input and --expression" in _error(capsys, args + ["--input", good] + out)
     assert not fake.calls  # every check happens before any prediction

@@ -211,6 +211,10 @@ def _prepare(args: argparse.Namespace) -> tuple[list[Job], tuple[int, ...] | Non
     ):
         if not os.path.isfile(path):
             raise GeoInputError(f"{flag} file not found: {path}; give {fix}")
+    if not 0.0 <= args.threshold < 1.0:
+        raise GeoInputError(f"--threshold {args.threshold} must be in [0, 1), e.g. 0.5")
+    if args.min_area < 0:
+        raise GeoInputError(f"--min-area {args.min_area} must be >= 0 (pixels); 0 keeps every polygon")
     if len(args.opts) % 2:
         raise GeoInputError(f"--opts needs KEY VALUE pairs, got {args.opts}")
     if args.jobs:
