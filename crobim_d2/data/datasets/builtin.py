@@ -1,0 +1,29 @@
+"""Built-in dataset names, registered on import and rooted at ``$DETECTRON2_DATASETS`` (default ``datasets``).
+
+Registration never touches the disk: each loader runs when ``DatasetCatalog.get`` is first called.
+"""
+import os
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+
+from ..synrrsis import CATEGORIES, ensure_synrrsis
+from .jsonl import load_rrsis_jsonl
+
+SPLITS = ("train", "val", "test")
+
+
+def _load_synrrsis(root: str, split: str) -> list[dict]:
+    return load_rrsis_jsonl(os.path.join(ensure_synrrsis(root), f"{split}.jsonl"))
+
+
+def register_all_synrrsis(root: str) -> None:
+    for split in SPLITS:
+        name = f"synrrsis_{split}"
+        DatasetCatalog.register(name, lambda split=split: _load_synrrsis(root, split))
+        MetadataCatalog.get(name).set(
+            image_root=os.path.join(root, "synrrsis"), evaluator_type="rrsis", categories=list(CATEGORIES)
+        )
+
+
+_root = os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets"))
+register_all_synrrsis(_root)

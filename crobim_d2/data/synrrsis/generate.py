@@ -1,0 +1,112 @@
+"""Write synrrsis to disk in the JSON Lines format of ``register_rrsis_dataset``, deterministically.
+
+Layout under ``<root>/synrrsis/``: ``{split}.jsonl``, ``images/{split}/<scene>.png``,
+``masks/{split}/<scene>_<object>.png`` (1-bit) and ``info.json`` (version, parameters, counts).
+Each scene has its own seeded generator, so the same version and parameters give byte-identical files.
+"""
+import dataclasses
+import fcntl
+import json
+import os
+import shutil
+import time
+
+import cv2
+import numpy as np
+
+from .expressions import scene_expressions
+from .scene import generate_scene
+
+SYNRRSIS_VERSION = 1
+SPLITS = ("train", "val", "test")
+
+
+@dataclasses.dataclass(frozen=True)
+class SynRRSISParams:
+    image_size: int = 256
+    num_train: int = 1500  # scenes; 2-3 expressions each
+    num_val: int = 150
+    num_test: int = 150
+    seed: int = 0
+
+    def num_scenes(self, split: str) -> int:
+        return getattr(self, f"num_{split}")
+
+
+def _write_png(path: str, array: np.ndarray, bilevel: bool = False) -> None:
+    flags = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_BILEVEL, int(bilevel)]
+    ok, buf = cv2.imencode(".png", array, flags)
+    if not ok:
+        raise OSError(f"Could not encode {path} as PNG.")
+    with open(path, "wb") as f:
+        f.write(buf.tobytes())
+
+
+def write_split(out_dir: str, split: str, params: SynRRSISParams) -> int:
+    """Generate one split into ``out_dir``; return its number of expressions."""
+    for sub in ("images", "masks"):
+        os.makedirs(os.path.join(out_dir, sub, split), exist_ok=True)
+    split_index = SPLITS.index(split)
+    lines = []
+    for scene_id in range(params.num_scenes(split)):
+        rng = np.random.default_rng([params.seed, split_index, scene_id])
+        scene = generate_scene(rng, params.image_size)
+        image = f"images/{split}/{scene_id:05d}.png"
+        _write_png(os.path.join(out_dir, image), scene.image[:, :, ::-1])
+        for target, spec, text in scene_expressions(scene, rng, int(rng.integers(2, 4))):
+            obj = scene.objects[target]
+            mask = f"masks/{split}/{scene_id:05d}_{target}.png"
+            if not os.path.exists(os.path.join(out_dir, mask)):
+                _write_png(os.path.join(out_dir, mask), obj.mask.astype(np.uint8) * 255, bilevel=True)
+            entry = {
+                "image": image, "expression": text, "mask": mask, "category": obj.category,
+                "color": obj.color, "size": obj.size, "position": obj.position, "template": spec["template"],
+                "image_id": scene_id, "object_id": target, "sent_id": len(lines),
+            }
+            lines.append(json.dumps(entry) + "\n")
+    with open(os.path.join(out_dir, f"{split}.jsonl"), "w") as f:
+        f.writelines(lines)
+    return len(lines)
+
+
+def _read_info(path: str) -> dict:
+    try:
+        with open(os.path.join(path, "info.json")) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def generate_synrrsis(root: str, params: SynRRSISParams = SynRRSISParams(), force: bool = True) -> dict:
+    """Generate ``<root>/synrrsis`` (replacing it when ``force``), atomically and under a file lock so
+    concurrent processes do not clash. Returns the content of ``info.json``."""
+    os.makedirs(root, exist_ok=True)
+    final = os.path.join(root, "synrrsis")
+    with open(os.path.join(root, ".synrrsis.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        info = _read_info(final)
+        if not force and info.get("version") == SYNRRSIS_VERSION:
+            return info  # another process generated it while we waited
+        tmp = os.path.join(root, f".synrrsis.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        start = time.perf_counter()
+        counts = {split: write_split(tmp, split, params) for split in SPLITS}
+        info = {"version": SYNRRSIS_VERSION, "params": dataclasses.asdict(params), "expressions": counts,
+                "seconds": round(time.perf_counter() - start, 2)}
+        with open(os.path.join(tmp, "info.json"), "w") as f:
+            json.dump(info, f, indent=1)
+        if os.path.exists(final):
+            old = os.path.join(root, f".synrrsis.old-{os.getpid()}")
+            os.rename(final, old)
+            shutil.rmtree(old)
+        os.rename(tmp, final)
+    return info
+
+
+def ensure_synrrsis(root: str, params: SynRRSISParams = SynRRSISParams()) -> str:
+    """Return ``<root>/synrrsis``, generating it with ``params`` if it is absent or was made by another
+    generator version (a dataset made with other parameters by prepare_synrrsis.py is kept)."""
+    path = os.path.join(root, "synrrsis")
+    if _read_info(path).get("version") != SYNRRSIS_VERSION:
+        generate_synrrsis(root, params, force=False)
+    return path
