@@ -29,7 +29,7 @@ def read_mask_file(path: str, threshold: int = 0) -> np.ndarray:
 
 
 def decode_segmentation(segm: Segmentation, height: int, width: int) -> np.ndarray:
-    """Decode a COCO RLE (compressed or not) or a list of polygons ``[[x0, y0, x1, y1, ...], ...]``."""
+    """Decode a COCO RLE (compressed or not), a list of RLEs, or polygons ``[[x0, y0, x1, y1, ...], ...]``."""
     if isinstance(segm, dict):
         if "size" not in segm or "counts" not in segm:
             raise ValueError(f"A COCO RLE needs 'size' and 'counts' keys; got keys {sorted(segm)}.")
@@ -44,6 +44,9 @@ def decode_segmentation(segm: Segmentation, height: int, width: int) -> np.ndarr
         elif isinstance(segm["counts"], str):
             rle = dict(segm, counts=segm["counts"].encode("ascii"))
         return mask_utils.decode(rle).astype(bool)
+    if isinstance(segm, list) and segm and all(isinstance(s, dict) for s in segm):
+        # REFER stores some masks as a list of RLEs: their union is the mask
+        return np.logical_or.reduce([decode_segmentation(s, height, width) for s in segm])
     if isinstance(segm, list):
         polygons = [list(map(float, p)) for p in segm if len(p) >= 6]
         if not polygons:

@@ -8,8 +8,11 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from ..synrrsis import CATEGORIES, ensure_synrrsis
 from .jsonl import load_rrsis_jsonl
+from .phrase_lists import load_refsegrs, load_risbench
+from .rrsisd import load_rrsisd
 
 SPLITS = ("train", "val", "test")
+_PUBLIC = {"rrsisd": load_rrsisd, "refsegrs": load_refsegrs, "risbench": load_risbench}
 
 
 def _load_synrrsis(root: str, split: str) -> list[dict]:
@@ -25,5 +28,14 @@ def register_all_synrrsis(root: str) -> None:
         )
 
 
+def register_all_public(root: str) -> None:
+    for dataset, loader in _PUBLIC.items():
+        for split in SPLITS:
+            name = f"{dataset}_{split}"
+            DatasetCatalog.register(name, lambda loader=loader, split=split: loader(root, split))
+            MetadataCatalog.get(name).set(dataset_root=root, evaluator_type="rrsis")
+
+
 _root = os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets"))
+register_all_public(_root)
 register_all_synrrsis(_root)
