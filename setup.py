@@ -20,7 +20,7 @@ def build_extensions():
         return []
     cu = sorted(glob.glob(os.path.join(csrc, "cuda", "*.cu")))
     want_cuda = torch.cuda.is_available() or os.environ.get("FORCE_CUDA", "0") == "1"
-    extra = {"cxx": ["-O3", "-std=c++17"]}
+    extra = {"cxx": ["-O3", "-std=c++20"]}
     define = []
     extension = CppExtension
     sources = cpp
@@ -28,7 +28,7 @@ def build_extensions():
         extension = CUDAExtension
         sources = cpp + cu
         define = [("WITH_CUDA", None)]
-        extra["nvcc"] = ["-O3", "-std=c++17", "--expt-relaxed-constexpr"]
+        extra["nvcc"] = ["-O3", "-std=c++20", "--expt-relaxed-constexpr"]
     return [
         extension(
             "crobim_d2._C",

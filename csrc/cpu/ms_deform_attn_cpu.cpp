@@ -1,0 +1,244 @@
+// CPU kernels of multi-scale deformable attention.
+//
+// Forward runs in parallel over (batch, query) blocks. Backward runs in parallel over (batch, head): the
+// grad_value rows a head scatters into, value[n, :, m, :], are disjoint from every other head's, so the
+// scatter-add needs no atomics and no per-thread copies of grad_value. Both loop over the D channels of one
+// head innermost (contiguous rows), which the compiler vectorizes; on x86 the hot loops are compiled for
+// AVX-512, AVX2 and baseline and picked at load time (target_clones).
+#include <ATen/Parallel.h>
+
+#include <cmath>
+
+#include "ms_deform_attn.h"
+
+#if defined(__x86_64__) && defined(__GNUC__) && defined(__has_attribute)
+#if __has_attribute(target_clones)
+#define CROBIM_MULTIVERSION __attribute__((target_clones("avx512f", "avx2", "default")))
+#endif
+#endif
+#ifndef CROBIM_MULTIVERSION
+#define CROBIM_MULTIVERSION
+#endif
+// The kernels must be inlined into each clone to be compiled for its instruction set.
+#if defined(__GNUC__)
+#define CROBIM_INLINE inline __attribute__((always_inline))
+#else
+#define CROBIM_INLINE inline
+#endif
+
+namespace crobim {
+namespace {
+
+struct Sizes {
+  int64_t n, s, m, d, lq, levels, points;
+};
+
+struct Level {
+  int64_t h, w, start;
+};
+
+// The four bilinear taps of one sample: spatial row (index into S, -1 when outside) and weight.
+template <typename T>
+struct Taps {
+  int64_t row[4];
+  T weight[4];
+  T lx, ly;  // fractional pixel position: d(weight)/d(x, y) follows from these
+};
+
+// grid_sample(align_corners=False) pixel mapping; false when no tap lies inside the level.
+template <typename T>
+CROBIM_INLINE bool bilinear_taps(T loc_x, T loc_y, const Level& lv, Taps<T>& t) {
+  const T x = loc_x * static_cast<T>(lv.w) - T(0.5);
+  const T y = loc_y * static_cast<T>(lv.h) - T(0.5);
+  const T x0f = std::floor(x), y0f = std::floor(y);
+  if (!(x0f >= T(-1) && x0f < static_cast<T>(lv.w) && y0f >= T(-1) && y0f < static_cast<T>(lv.h))) {
+    return false;  // also rejects NaN
+  }
+  const int64_t x0 = static_cast<int64_t>(x0f), y0 = static_cast<int64_t>(y0f);
+  t.lx = x - x0f;
+  t.ly = y - y0f;
+  const T hx = T(1) - t.lx, hy = T(1) - t.ly;
+  const int64_t xs[4] = {x0, x0 + 1, x0, x0 + 1};
+  const int64_t ys[4] = {y0, y0, y0 + 1, y0 + 1};
+  const T ws[4] = {hy * hx, hy * t.lx, t.ly * hx, t.ly * t.lx};
+  for (int k = 0; k < 4; ++k) {
+    const bool inside = xs[k] >= 0 && xs[k] < lv.w && ys[k] >= 0 && ys[k] < lv.h;
+    t.row[k] = inside ? lv.start + ys[k] * lv.w + xs[k] : -1;
+    t.weight[k] = inside ? ws[k] : T(0);
+  }
+  return true;
+}
+
+std::vector<Level> read_levels(const at::Tensor& spatial_shapes, const at::Tensor& level_start_index, int64_t s) {
+  const auto shapes = spatial_shapes.accessor<int64_t, 2>();
+  const auto starts = level_start_index.accessor<int64_t, 1>();
+  std::vector<Level> levels;
+  for (int64_t l = 0; l < spatial_shapes.size(0); ++l) {
+    levels.push_back({shapes[l][0], shapes[l][1], starts[l]});
+    TORCH_CHECK(levels.back().h > 0 && levels.back().w > 0 && levels.back().start >= 0 &&
+                    levels.back().start + levels.back().h * levels.back().w <= s,
+                "level ", l, " (", levels.back().h, "x", levels.back().w, " at ", levels.back().start,
+                ") does not fit in value's S=", s, "; check spatial_shapes and level_start_index");
+  }
+  return levels;
+}
+
+// Output rows of queries [q_begin, q_end) (flattened over batch): out[q, m, :] = sum a * bilinear(value).
+template <typename T>
+CROBIM_INLINE void forward_block(const T* value, const Level* levels, const T* loc, const T* attn, T* out,
+                          const Sizes& z, int64_t q_begin, int64_t q_end) {
+  const int64_t d = z.d, row_stride = z.m * z.d, samples = z.levels * z.points;
+  for (int64_t nq = q_begin; nq < q_end; ++nq) {
+    const T* value_n = value + (nq / z.lq) * z.s * row_stride;
+    for (int64_t m = 0; m < z.m; ++m) {
+      const int64_t head = nq * z.m + m;
+      const T* loc_h = loc + head * samples * 2;
+      const T* attn_h = attn + head * samples;
+      T* acc = out + head * d;
+      for (int64_t c = 0; c < d; ++c) acc[c] = T(0);
+      for (int64_t sp = 0; sp < samples; ++sp) {
+        Taps<T> t;
+        if (!bilinear_taps(loc_h[2 * sp], loc_h[2 * sp + 1], levels[sp / z.points], t)) continue;
+        for (int k = 0; k < 4; ++k) {
+          if (t.row[k] < 0) continue;
+          const T coef = attn_h[sp] * t.weight[k];
+          const T* v = value_n + t.row[k] * row_stride + m * d;
+          for (int64_t c = 0; c < d; ++c) acc[c] += coef * v[c];
+        }
+      }
+    }
+  }
+}
+
+// Gradients of head (n, m) over all its queries. The value gradient of a tap is a * w * grad_out; the
+// attention gradient is the sampled value . grad_out; the location gradient differentiates the bilinear
+// weights: d/dx = a * [(1 - ly) (v1 - v0) + ly (v3 - v2)] . grad_out * W, likewise for y with H.
+template <typename T>
+CROBIM_INLINE void backward_head(const T* value, const Level* levels, const T* loc, const T* attn, const T* grad_out,
+                          T* grad_value, T* grad_loc, T* grad_attn, const Sizes& z, int64_t n, int64_t m) {
+  const int64_t d = z.d, row_stride = z.m * z.d, samples = z.levels * z.points;
+  const T* value_n = value + n * z.s * row_stride + m * d;
+  T* grad_value_n = grad_value + n * z.s * row_stride + m * d;
+  for (int64_t q = 0; q < z.lq; ++q) {
+    const int64_t head = (n * z.lq + q) * z.m + m;
+    const T* go = grad_out + head * d;
+    for (int64_t sp = 0; sp < samples; ++sp) {
+      const int64_t i = head * samples + sp;
+      const Level& lv = levels[sp / z.points];
+      Taps<T> t;
+      if (!bilinear_taps(loc[2 * i], loc[2 * i + 1], lv, t)) {
+        grad_attn[i] = T(0);
+        grad_loc[2 * i] = T(0);
+        grad_loc[2 * i + 1] = T(0);
+        continue;
+      }
+      const T a = attn[i];
+      T dot[4] = {T(0), T(0), T(0), T(0)};  // v_k . grad_out
+      for (int k = 0; k < 4; ++k) {
+        if (t.row[k] < 0) continue;
+        const T* v = value_n + t.row[k] * row_stride;
+        T* gv = grad_value_n + t.row[k] * row_stride;
+        const T coef = a * t.weight[k];
+        T s = T(0);
+        for (int64_t c = 0; c < d; ++c) {
+          s += v[c] * go[c];
+          gv[c] += coef * go[c];
+        }
+        dot[k] = s;
+      }
+      const T hx = T(1) - t.lx, hy = T(1) - t.ly;
+      grad_attn[i] = t.weight[0] * dot[0] + t.weight[1] * dot[1] + t.weight[2] * dot[2] + t.weight[3] * dot[3];
+      grad_loc[2 * i] = a * (hy * (dot[1] - dot[0]) + t.ly * (dot[3] - dot[2])) * static_cast<T>(lv.w);
+      grad_loc[2 * i + 1] = a * (hx * (dot[2] - dot[0]) + t.lx * (dot[3] - dot[1])) * static_cast<T>(lv.h);
+    }
+  }
+}
+
+// Non-template entry points so that target_clones can compile each for several instruction sets.
+#define CROBIM_DEFINE_ENTRIES(T)                                                                               \
+  CROBIM_MULTIVERSION void forward_block_##T(const T* value, const Level* levels, const T* loc, const T* attn, \
+                                             T* out, const Sizes& z, int64_t b, int64_t e) {                   \
+    forward_block<T>(value, levels, loc, attn, out, z, b, e);                                                  \
+  }                                                                                                            \
+  CROBIM_MULTIVERSION void backward_head_##T(const T* value, const Level* levels, const T* loc, const T* attn, \
+                                             const T* go, T* gv, T* gl, T* ga, const Sizes& z, int64_t n,      \
+                                             int64_t m) {                                                      \
+    backward_head<T>(value, levels, loc, attn, go, gv, gl, ga, z, n, m);                                       \
+  }
+CROBIM_DEFINE_ENTRIES(float)
+CROBIM_DEFINE_ENTRIES(double)
+#undef CROBIM_DEFINE_ENTRIES
+
+inline void forward_entry(const float* v, const Level* lv, const float* l, const float* a, float* o,
+                          const Sizes& z, int64_t b, int64_t e) {
+  forward_block_float(v, lv, l, a, o, z, b, e);
+}
+inline void forward_entry(const double* v, const Level* lv, const double* l, const double* a, double* o,
+                          const Sizes& z, int64_t b, int64_t e) {
+  forward_block_double(v, lv, l, a, o, z, b, e);
+}
+inline void backward_entry(const float* v, const Level* lv, const float* l, const float* a, const float* go,
+                           float* gv, float* gl, float* ga, const Sizes& z, int64_t n, int64_t m) {
+  backward_head_float(v, lv, l, a, go, gv, gl, ga, z, n, m);
+}
+inline void backward_entry(const double* v, const Level* lv, const double* l, const double* a, const double* go,
+                           double* gv, double* gl, double* ga, const Sizes& z, int64_t n, int64_t m) {
+  backward_head_double(v, lv, l, a, go, gv, gl, ga, z, n, m);
+}
+
+Sizes sizes_of(const at::Tensor& value, const at::Tensor& sampling_loc) {
+  return {value.size(0), value.size(1), value.size(2), value.size(3), sampling_loc.size(1), sampling_loc.size(3),
+          sampling_loc.size(4)};
+}
+
+}  // namespace
+
+at::Tensor ms_deform_attn_forward_cpu(const at::Tensor& value, const at::Tensor& spatial_shapes,
+                                      const at::Tensor& level_start_index, const at::Tensor& sampling_loc,
+                                      const at::Tensor& attn_weight) {
+  check_inputs(value, spatial_shapes, level_start_index, sampling_loc, attn_weight);
+  const Sizes z = sizes_of(value, sampling_loc);
+  const auto levels = read_levels(spatial_shapes, level_start_index, z.s);
+  auto output = at::empty({z.n, z.lq, z.m * z.d}, value.options());
+  // About 64 queries per task: enough work to amortize scheduling, small enough to balance threads.
+  AT_DISPATCH_FLOATING_TYPES(value.scalar_type(), "ms_deform_attn_forward_cpu", [&] {
+    const scalar_t* v = value.const_data_ptr<scalar_t>();
+    const scalar_t* loc = sampling_loc.const_data_ptr<scalar_t>();
+    const scalar_t* attn = attn_weight.const_data_ptr<scalar_t>();
+    scalar_t* out = output.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, z.n * z.lq, 64, [&](int64_t begin, int64_t end) {
+      forward_entry(v, levels.data(), loc, attn, out, z, begin, end);
+    });
+  });
+  return output;
+}
+
+std::vector<at::Tensor> ms_deform_attn_backward_cpu(const at::Tensor& value, const at::Tensor& spatial_shapes,
+                                                    const at::Tensor& level_start_index,
+                                                    const at::Tensor& sampling_loc, const at::Tensor& attn_weight,
+                                                    const at::Tensor& grad_output) {
+  check_inputs(value, spatial_shapes, level_start_index, sampling_loc, attn_weight);
+  check_grad_output(value, sampling_loc, grad_output);
+  const Sizes z = sizes_of(value, sampling_loc);
+  const auto levels = read_levels(spatial_shapes, level_start_index, z.s);
+  auto grad_value = at::zeros_like(value);
+  auto grad_loc = at::empty_like(sampling_loc);
+  auto grad_attn = at::empty_like(attn_weight);
+  AT_DISPATCH_FLOATING_TYPES(value.scalar_type(), "ms_deform_attn_backward_cpu", [&] {
+    const scalar_t* v = value.const_data_ptr<scalar_t>();
+    const scalar_t* loc = sampling_loc.const_data_ptr<scalar_t>();
+    const scalar_t* attn = attn_weight.const_data_ptr<scalar_t>();
+    const scalar_t* go = grad_output.const_data_ptr<scalar_t>();
+    scalar_t* gv = grad_value.mutable_data_ptr<scalar_t>();
+    scalar_t* gl = grad_loc.mutable_data_ptr<scalar_t>();
+    scalar_t* ga = grad_attn.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, z.n * z.m, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t nm = begin; nm < end; ++nm) {
+        backward_entry(v, levels.data(), loc, attn, go, gv, gl, ga, z, nm / z.m, nm % z.m);
+      }
+    });
+  });
+  return {grad_value, grad_loc, grad_attn};
+}
+
+}  // namespace crobim
