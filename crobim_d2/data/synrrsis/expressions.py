@@ -10,7 +10,7 @@ import numpy as np
 
 from .scene import CATEGORIES, Scene, SceneObject
 
-TEMPLATE_WEIGHTS = {"color": 0.3, "position": 0.25, "size": 0.15, "superlative": 0.12, "relative": 0.18}
+TEMPLATE_WEIGHTS = {"color": 0.32, "position": 0.28, "size": 0.14, "superlative": 0.12, "relative": 0.14}
 AREA_RATIO = 1.3  # "large"/"largest" needs this margin in pixel area over every same-category distractor
 _RELATIONS = {"left of": (0, -1), "right of": (0, 1), "above": (-1, 0), "below": (1, 0)}
 

@@ -94,11 +94,11 @@ def _place(points: np.ndarray, angle: float, center: np.ndarray) -> np.ndarray:
 
 def _ground(rng: np.random.Generator, size: int) -> np.ndarray:
     base = np.array(_GROUNDS[rng.integers(len(_GROUNDS))], np.float32)
-    img = np.broadcast_to(base, (size, size, 3)).copy()
+    texture = np.zeros((size, size), np.float32)
     for grid, amp in ((5, 10.0), (24, 4.0)):  # two octaves of smooth noise: mild texture
-        noise = cv2.resize(rng.normal(0, 1, (grid, grid)).astype(np.float32), (size, size),
-                           interpolation=cv2.INTER_CUBIC)
-        img += amp * noise[..., None]
+        noise = rng.normal(0, amp, (grid, grid)).astype(np.float32)
+        texture += cv2.resize(noise, (size, size), interpolation=cv2.INTER_CUBIC)
+    img = cv2.merge([texture + b for b in base]).clip(0, 255).astype(np.uint8)
     for _ in range(rng.integers(1, 3)):  # roads along the grid lines, with dashed centre lines
         pos = int(size * rng.choice([1, 2]) / 3)
         half = max(2, int(0.022 * size))
@@ -109,7 +109,7 @@ def _ground(rng: np.random.Generator, size: int) -> np.ndarray:
             dash = (slice(half - 1, half), slice(d, d + size // 40)) if horizontal else (
                 slice(d, d + size // 40), slice(half - 1, half))
             road[dash] = (190, 185, 160)
-    return np.clip(np.round(img), 0, 255).astype(np.uint8)
+    return img
 
 
 def _draw_object(img: np.ndarray, obj_mask: np.ndarray, category: str, rgb: np.ndarray, radius_px: float,
