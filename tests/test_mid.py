@@ -109,3 +109,19 @@ def test_from_config_and_validation():
     cfg.MODEL.CROBIM.MID_ATTENTION = "bidirectional"
     with pytest.raises(ValueError, match="MID_ATTENTION.*cascaded"):
         MutualInteractionDecoder(cfg, shapes, 24)
+
+
+def test_folded_prediction_equals_conv_resample_and_dot_product():
+    mid = build().eval()
+    shapes = [torch.Size((4, 4)), torch.Size((2, 2))]
+    fused = torch.randn(2, 20, 32)
+    cls = torch.randn(2, 32)
+    levels = [
+        fused[:, :16].transpose(1, 2).reshape(2, 32, 4, 4),
+        fused[:, 16:].transpose(1, 2).reshape(2, 32, 2, 2),
+    ]
+    summed = levels[0] + torch.nn.functional.interpolate(levels[1], size=(4, 4), mode="bilinear")
+    v_out = torch.einsum("ndhw,ed->nehw", summed, mid.mask_embed.weight) + mid.mask_embed.bias[:, None, None]
+    l_out = mid.cls_embed(cls) / 32**0.5
+    expected = torch.einsum("nehw,ne->nhw", v_out, l_out)[:, None]
+    assert torch.allclose(mid.predict(fused, cls, shapes), expected, atol=1e-5)

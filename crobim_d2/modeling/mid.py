@@ -1,5 +1,6 @@
 """Mutual-interaction decoder, MID (Sec. IV-C, Eq. 14-17, Fig. 8, Table VII)."""
 
+import functools
 import math
 
 import torch
@@ -87,17 +88,18 @@ class MutualInteractionLayer(nn.Module):
         self.drop = nn.Dropout(dropout)
 
     def update_language(
-        self, lang: torch.Tensor, lang_mask: torch.Tensor, vis: torch.Tensor, pos: torch.Tensor
+        self, lang: torch.Tensor, lang_mask: torch.Tensor, vis: torch.Tensor, vis_pos: torch.Tensor
     ) -> torch.Tensor:
-        """L^_v = FFN(SelfAttn(CrossAttn(L_v, V_ms))), Eq. 15."""
+        """L^_v = FFN(SelfAttn(CrossAttn(L_v, V_ms))), Eq. 15; vis_pos = V_ms + position encoding."""
         norms = self.lang_norms
-        lang = norms[0](lang + self.drop(self.lang_cross(lang, vis + pos, vis)))
+        lang = norms[0](lang + self.drop(self.lang_cross(lang, vis_pos, vis)))
         lang = norms[1](lang + self.drop(self.lang_self(lang, lang, lang, lang_mask)))
         return norms[2](lang + self.drop(self.lang_ffn(lang)))
 
     def update_vision(
         self,
         vis: torch.Tensor,
+        vis_pos: torch.Tensor,
         pos: torch.Tensor,
         lang: torch.Tensor,
         lang_mask: torch.Tensor,
@@ -107,7 +109,7 @@ class MutualInteractionLayer(nn.Module):
     ) -> torch.Tensor:
         """V^_ms = FFN(MSDeformAttn(CrossAttn(V_ms, L^_v))), Eq. 16."""
         norms = self.vis_norms
-        vis = norms[0](vis + self.drop(self.vis_cross(vis + pos, lang, lang, lang_mask)))
+        vis = norms[0](vis + self.drop(self.vis_cross(vis_pos, lang, lang, lang_mask)))
         sampled = self.msda(vis + pos, reference_points, vis, spatial_shapes, level_start_index)
         vis = norms[1](vis + self.drop(sampled.to(vis.dtype)))
         return norms[2](vis + self.drop(self.vis_ffn(vis)))
@@ -122,23 +124,25 @@ class MutualInteractionLayer(nn.Module):
         spatial_shapes: torch.Tensor,
         level_start_index: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        vis_pos = vis + pos
         if self.attention == "unidirectional":
             new_lang = lang
         else:
-            new_lang = self.update_language(lang, lang_mask, vis, pos)
+            new_lang = self.update_language(lang, lang_mask, vis, vis_pos)
         guide = lang if self.attention == "parallel" else new_lang
         vis = self.update_vision(
-            vis, pos, guide, lang_mask, reference_points, spatial_shapes, level_start_index
+            vis, vis_pos, pos, guide, lang_mask, reference_points, spatial_shapes, level_start_index
         )
         return vis, new_lang
 
 
-def sine_position_encoding(h: int, w: int, dim: int, ref: torch.Tensor) -> torch.Tensor:
-    """DETR's normalized 2D sine encoding, (h*w, dim): dim/2 channels for y, then dim/2 for x."""
-    ys = (torch.arange(h, device=ref.device, dtype=torch.float32) + 0.5) / h * 2 * math.pi
-    xs = (torch.arange(w, device=ref.device, dtype=torch.float32) + 0.5) / w * 2 * math.pi
+@functools.lru_cache(maxsize=32)
+def sine_position_encoding(h: int, w: int, dim: int, device: torch.device) -> torch.Tensor:
+    """DETR's normalized 2D sine encoding, (h*w, dim): dim/2 channels for y, then dim/2 for x (cached)."""
+    ys = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) / h * 2 * math.pi
+    xs = (torch.arange(w, device=device, dtype=torch.float32) + 0.5) / w * 2 * math.pi
     half = dim // 2
-    freqs = 10000 ** (2 * (torch.arange(half, device=ref.device) // 2) / half)
+    freqs = 10000 ** (2 * (torch.arange(half, device=device) // 2) / half)
     py = ys[:, None] / freqs
     px = xs[:, None] / freqs
     py = torch.stack([py[:, 0::2].sin(), py[:, 1::2].cos()], dim=2).flatten(1)
@@ -156,7 +160,7 @@ class MutualInteractionDecoder(nn.Module):
     from D_l to D. The layers cross-attend between the 20+N_p language tokens and all V_ms tokens and run
     multi-scale deformable attention over V_ms: nothing attends densely from V_ms to V_ms.
     Eq. 17 reading: V^_ms + V_ms is split back into its levels, each resampled (bilinear) to H_1 x W_1 and
-    summed, then a 1x1 conv gives V_out; the prediction is the per-pixel dot product of V_out with
+    summed, then a 1x1 conv gives V_out (N, D, H_1, W_1); the prediction is the per-pixel dot product of V_out with
     L_out = Linear(L^_v[CLS]) (token 0), scaled by 1/sqrt(D) so that initial logits are O(1).
     The paper does not give the number of layers; it is configurable.
     """
@@ -200,7 +204,7 @@ class MutualInteractionDecoder(nn.Module):
             )
             for _ in range(num_layers)
         )
-        self.mask_embed = nn.Conv2d(hidden_dim, hidden_dim, 1)  # V_out, Eq. 17
+        self.mask_embed = nn.Linear(hidden_dim, hidden_dim)  # the 1x1 conv giving V_out, Eq. 17
         self.cls_embed = nn.Linear(hidden_dim, hidden_dim)  # L_out, Eq. 17
 
     @classmethod
@@ -230,7 +234,7 @@ class MutualInteractionDecoder(nn.Module):
         v_ms = torch.cat(projected, dim=1)  # V_ms, Eq. 14
         pos = torch.cat(
             [
-                sine_position_encoding(h, w, v_ms.shape[-1], v_ms) + self.level_embed[i]
+                sine_position_encoding(h, w, v_ms.shape[-1], v_ms.device) + self.level_embed[i]
                 for i, (h, w) in enumerate(shapes)
             ]
         ).to(v_ms.dtype)
@@ -242,18 +246,27 @@ class MutualInteractionDecoder(nn.Module):
         vis, lng = v_ms, self.lang_proj(lang)
         for layer in self.layers:
             vis, lng = layer(vis, pos, lng, key_mask, reference_points, spatial_shapes, level_start_index)
-        fused = (vis + v_ms).transpose(1, 2)  # V^_ms + V_ms
-        h1, w1 = shapes[0]
-        mask_features = sum(
-            F.interpolate(level.unflatten(2, s), size=(h1, w1), mode="bilinear", align_corners=False)
-            if tuple(s) != (h1, w1)
-            else level.unflatten(2, s)
-            for level, s in zip(fused.split([h * w for h, w in shapes], dim=2), shapes)
-        )
-        v_out = self.mask_embed(mask_features)  # V_out (N, D, H_1, W_1)
-        l_out = self.cls_embed(lng[:, 0])  # L_out: [CLS]
-        scale = v_out.shape[1] ** -0.5
-        return torch.einsum("nchw,nc->nhw", v_out, l_out.to(v_out.dtype) * scale)[:, None]  # Eq. 17
+        return self.predict(vis + v_ms, lng[:, 0], shapes)  # V^_ms + V_ms, [CLS]
+
+    def predict(self, fused: torch.Tensor, cls: torch.Tensor, shapes: list[torch.Size]) -> torch.Tensor:
+        """Eq. 17 on fused (N, S, D) and the [CLS] token (N, D) -> logits (N, 1, H_1, W_1), in float32.
+
+        Y^ = <Resample(W V + b), L_out> is linear in V, so it is computed as Resample(<V, W^T L_out>) + <b, L_out>:
+        one scalar per token before resampling instead of a D-channel map at H_1 x W_1 (same result).
+        """
+        with torch.autocast(fused.device.type, enabled=False):
+            l_out = self.cls_embed(cls.float()) * fused.shape[-1] ** -0.5  # L_out
+            weight = l_out @ self.mask_embed.weight  # W^T L_out of the 1x1 conv
+            bias = l_out @ self.mask_embed.bias
+            per_token = torch.bmm(fused.float(), weight[:, :, None])[..., 0]
+            h1, w1 = shapes[0]
+            logits = bias[:, None, None, None]
+            for level, (h, w) in zip(per_token.split([h * w for h, w in shapes], dim=1), shapes):
+                level = level.view(-1, 1, h, w)
+                if (h, w) != (h1, w1):
+                    level = F.interpolate(level, size=(h1, w1), mode="bilinear", align_corners=False)
+                logits = logits + level
+        return logits
 
     @staticmethod
     def reference_points(h: int, w: int, ref: torch.Tensor) -> torch.Tensor:
