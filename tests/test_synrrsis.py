@@ -95,6 +95,7 @@ def test_ensure_generates_once_under_concurrency(tmp_path, monkeypatch):
     calls = []
     write_split = generate_module.write_split
     monkeypatch.setattr(generate_module, "write_split", lambda *a: calls.append(a[1]) or write_split(*a))
+    (tmp_path / ".synrrsis.tmp-99999999" / "images").mkdir(parents=True)  # an interrupted run's leftovers
     threads = [threading.Thread(target=ensure_synrrsis, args=(str(tmp_path), SMALL)) for _ in range(2)]
     for t in threads:
         t.start()

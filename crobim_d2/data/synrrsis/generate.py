@@ -6,6 +6,7 @@ Each scene has its own seeded generator, so the same version and parameters give
 """
 import dataclasses
 import fcntl
+import glob
 import json
 import os
 import shutil
@@ -87,8 +88,9 @@ def generate_synrrsis(root: str, params: SynRRSISParams = SynRRSISParams(), forc
         info = _read_info(final)
         if not force and info.get("version") == SYNRRSIS_VERSION:
             return info  # another process generated it while we waited
+        for stale in glob.glob(os.path.join(root, ".synrrsis.*-*")):  # left by an interrupted run
+            shutil.rmtree(stale, ignore_errors=True)
         tmp = os.path.join(root, f".synrrsis.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
         start = time.perf_counter()
         counts = {split: write_split(tmp, split, params) for split in SPLITS}
         info = {"version": SYNRRSIS_VERSION, "params": dataclasses.asdict(params), "expressions": counts,
