@@ -13,12 +13,14 @@ from crobim_d2.data.synrrsis import SynRRSISParams, generate_synrrsis
 
 def main() -> None:
     defaults = SynRRSISParams()
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--root", default=os.getenv("DETECTRON2_DATASETS", "datasets"),
                         help="dataset root (default: $DETECTRON2_DATASETS or ./datasets)")
     for split in ("train", "val", "test"):
         parser.add_argument(f"--num-{split}", type=int, default=defaults.num_scenes(split),
-                            help=f"{split} scenes, 2-3 expressions each (default {defaults.num_scenes(split)})")
+                            help=f"{split} scenes, 2-3 expressions each (default %(default)s)")
     parser.add_argument("--image-size", type=int, default=defaults.image_size)
     parser.add_argument("--seed", type=int, default=defaults.seed)
     args = parser.parse_args()

@@ -47,8 +47,10 @@ def rrsisd_root(tmp_path):
                 "sentences": [{"raw": s, "sent": s.lower(), "tokens": s.split(), "sent_id": 100 * ref_id + i}
                               for i, s in enumerate(sentences)]}
 
-    refs = [ref(1, 11, 1, "train", ["The plane on the left", "a grey plane"]), ref(2, 12, 1, "val", ["the car"]),
-            ref(3, 13, 2, "testA", ["the bottom plane"]), ref(4, 14, 2, "testB", ["bottom vehicle", "  "])]
+    refs = [ref(1, 11, 1, "train", ["The plane on the left", "a grey plane"]),
+            ref(2, 12, 1, "val", ["the car"]),
+            ref(3, 13, 2, "testA", ["the bottom plane"]),
+            ref(4, 14, 2, "testB", ["bottom vehicle", "  "])]
     (tmp_path / "rrsisd").mkdir()
     with open(tmp_path / "rrsisd" / "refs(unc).p", "wb") as f:
         pickle.dump(refs, f, protocol=2)
@@ -77,8 +79,8 @@ def test_rrsisd_records_and_masks(rrsisd_root, caplog):
 
 def test_rrsisd_missing_files(rrsisd_root, tmp_path, caplog):
     root, _, _ = rrsisd_root
-    with pytest.raises(FileNotFoundError, match=r"RRSIS-D annotation file not found at .*nowhere/rrsisd/refs\(unc\)"
-                                                r".p; .*DETECTRON2_DATASETS"):
+    missing = r"RRSIS-D annotation file not found at .*nowhere/rrsisd/refs\(unc\).p; .*DETECTRON2_DATASETS"
+    with pytest.raises(FileNotFoundError, match=missing):
         load_rrsisd(str(tmp_path / "nowhere"), "train")
     os.remove(root / "images" / "rrsisd" / "JPEGImages" / "b.jpg")
     with caplog.at_level(logging.WARNING):
@@ -126,7 +128,8 @@ def test_refsegrs(tmp_path, caplog):
                             ["0 the road on the left", "1 a white car", "1 ", "7 a missing image"])
     with caplog.at_level(logging.WARNING):
         records = load_refsegrs(str(tmp_path), "train")
-    assert [(r["image_id"], r["sentence"]) for r in records] == [("0", "the road on the left"), ("1", "a white car")]
+    expected = [("0", "the road on the left"), ("1", "a white car")]
+    assert [(r["image_id"], r["sentence"]) for r in records] == expected
     assert records[1]["file_name"].endswith("refsegrs/images/1.tif") and records[1]["height"] == 6
     for r in records:
         assert (load_gt_mask(r) == (masks[r["image_id"]] > 50)).all()
@@ -147,10 +150,32 @@ def test_risbench(tmp_path):
         load_risbench(str(tmp_path), "train")
 
 
-def test_builtin_names_are_registered_lazily():
+def _reregister(root):
     from detectron2.data import DatasetCatalog, MetadataCatalog
 
-    for dataset in ("rrsisd", "refsegrs", "risbench", "synrrsis"):
-        for split in ("train", "val", "test"):
-            assert f"{dataset}_{split}" in DatasetCatalog.list()
-            assert MetadataCatalog.get(f"{dataset}_{split}").evaluator_type == "rrsis"
+    from crobim_d2.data.datasets import builtin
+
+    builtin_names = ("rrsisd", "refsegrs", "risbench", "synrrsis")
+    for name in [n for n in DatasetCatalog.list() if n.split("_")[0] in builtin_names]:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+    builtin.register_all_public(root)
+    builtin.register_all_synrrsis(root)
+
+
+def test_builtin_names_are_registered_lazily(tmp_path):
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    from crobim_d2.data.datasets import builtin
+
+    root = tmp_path / "absent"
+    try:
+        _reregister(str(root))
+        for dataset in ("rrsisd", "refsegrs", "risbench", "synrrsis"):
+            for split in ("train", "val", "test"):
+                assert MetadataCatalog.get(f"{dataset}_{split}").evaluator_type == "rrsis"
+        assert not root.exists()  # registering reads nothing
+        with pytest.raises(FileNotFoundError, match=f"{root}/refsegrs/output_phrase_val.txt"):
+            DatasetCatalog.get("refsegrs_val")
+    finally:
+        _reregister(builtin._root)

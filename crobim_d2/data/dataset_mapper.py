@@ -15,7 +15,7 @@ __all__ = ["RRSISDatasetMapper"]
 
 
 class RRSISDatasetMapper:
-    """Read the image as RGB, resize it to ``image_size`` x ``image_size`` (bilinear), tokenize the expression.
+    """Read the image as RGB, resize it to ``image_size`` squared (bilinear), tokenize the expression.
 
     Output: the record's fields plus ``image`` uint8 (3, S, S), ``lang_tokens`` / ``lang_mask`` int64 (T,),
     ``height`` / ``width`` of the original image, and in training ``gt_mask`` uint8 (S, S) resized with

@@ -5,7 +5,7 @@ from PIL import Image
 
 
 def read_image_rgb(path: str) -> np.ndarray:
-    """Read an image file (PNG, JPEG, 8-bit TIFF, ...) as uint8 (H, W, 3) RGB; grayscale and RGBA are converted."""
+    """Read an image (PNG, JPEG, 8-bit TIFF, ...) as uint8 (H, W, 3) RGB; grayscale and RGBA are converted."""
     try:
         with Image.open(path) as img:
             if img.mode in ("I;16", "I;16B", "I"):
@@ -17,7 +17,8 @@ def read_image_rgb(path: str) -> np.ndarray:
             return np.asarray(img.convert("RGB"))
     except FileNotFoundError:
         raise FileNotFoundError(
-            f"Image not found: {path}. Check the dataset folder (see datasets/README.md) or DETECTRON2_DATASETS."
+            f"Image not found: {path}. Check the dataset folder (see datasets/README.md) or "
+            "DETECTRON2_DATASETS."
         ) from None
     except OSError as e:
         raise ValueError(
@@ -32,7 +33,8 @@ def read_image_size(path: str) -> tuple[int, int]:
             width, height = img.size
     except FileNotFoundError:
         raise FileNotFoundError(
-            f"Image not found: {path}. Check the dataset folder (see datasets/README.md) or DETECTRON2_DATASETS."
+            f"Image not found: {path}. Check the dataset folder (see datasets/README.md) or "
+            "DETECTRON2_DATASETS."
         ) from None
     except OSError as e:
         raise ValueError(f"Cannot read image {path} ({e}); is it an image file?") from e

@@ -51,11 +51,14 @@ def decode_segmentation(segm: Segmentation, height: int, width: int) -> np.ndarr
         polygons = [list(map(float, p)) for p in segm if len(p) >= 6]
         if not polygons:
             raise ValueError(
-                "Polygon segmentation has no polygon with 3 or more points; use [[x0, y0, x1, y1, x2, y2, ...]]."
+                "Polygon segmentation has no polygon with 3 or more points; "
+                "use [[x0, y0, x1, y1, x2, y2, ...]]."
             )
         rle = mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))
         return mask_utils.decode(rle).astype(bool)
-    raise ValueError(f"Unsupported segmentation of type {type(segm).__name__}: use a COCO RLE dict or polygons.")
+    raise ValueError(
+        f"Unsupported segmentation of type {type(segm).__name__}: use a COCO RLE dict or polygons."
+    )
 
 
 def load_gt_mask(record: dict[str, Any]) -> np.ndarray:

@@ -28,7 +28,9 @@ def _mask_fields(mask: Any, base: str, size: tuple[int, int], where: str) -> dic
             raise FileNotFoundError(f"{where}: mask file {path} not found; fix the path or the image_root.")
         mask_size = read_image_size(path)
         if mask_size != size:
-            raise _fail(where, f"mask {path} is {mask_size[0]}x{mask_size[1]} but the image is {size[0]}x{size[1]}")
+            raise _fail(
+                where, f"mask {path} is {mask_size[0]}x{mask_size[1]} but the image is {size[0]}x{size[1]}"
+            )
         return {"mask_file": path}
     if isinstance(mask, dict):
         if "counts" not in mask or "size" not in mask:
@@ -38,7 +40,7 @@ def _mask_fields(mask: Any, base: str, size: tuple[int, int], where: str) -> dic
         return {"segmentation": mask}
     if isinstance(mask, list) and mask and all(isinstance(p, list) and len(p) >= 6 for p in mask):
         return {"segmentation": mask}
-    raise _fail(where, "'mask' must be a mask image path, a COCO RLE dict, or a list of polygons [[x0, y0, ...]]")
+    raise _fail(where, "'mask' must be a mask image path, a COCO RLE dict, or polygons [[x0, y0, ...]]")
 
 
 def load_rrsis_jsonl(jsonl_path: str, image_root: str | None = None) -> list[dict[str, Any]]:
@@ -68,11 +70,13 @@ def load_rrsis_jsonl(jsonl_path: str, image_root: str | None = None) -> list[dic
                 raise _fail(where, f"missing key(s) {missing}")
             expression = entry["expression"]
             if not isinstance(expression, str) or not expression.strip():
-                raise _fail(where, f"empty expression {expression!r}; every line needs a non-empty 'expression'")
+                raise _fail(where, f"empty expression {expression!r}; write a non-empty 'expression'")
             file_name = os.path.join(base, os.path.expanduser(entry["image"]))
             if file_name not in sizes:
                 if not os.path.isfile(file_name):
-                    raise FileNotFoundError(f"{where}: image {file_name} not found; fix the path or the image_root.")
+                    raise FileNotFoundError(
+                        f"{where}: image {file_name} not found; fix the path or the image_root."
+                    )
                 sizes[file_name] = read_image_size(file_name)
                 image_ids[file_name] = len(image_ids)
             height, width = sizes[file_name]
@@ -93,7 +97,7 @@ def load_rrsis_jsonl(jsonl_path: str, image_root: str | None = None) -> list[dic
 
 
 def register_rrsis_dataset(name: str, jsonl_path: str, image_root: str | None = None) -> None:
-    """Register a JSON Lines RRSIS dataset under ``name`` (lazy: the file is read when the dataset is used)."""
+    """Register a JSON Lines RRSIS dataset as ``name`` (lazy: the file is read when the dataset is used)."""
     DatasetCatalog.register(name, lambda: load_rrsis_jsonl(jsonl_path, image_root))
     MetadataCatalog.get(name).set(
         json_file=jsonl_path, image_root=image_root or os.path.dirname(os.path.abspath(jsonl_path)),

@@ -33,7 +33,9 @@ def load_refs_pickle(path: str) -> list[dict]:
     with open(path, "rb") as f:
         refs = _PlainDataUnpickler(f, path).load()
     if not isinstance(refs, list) or not all(isinstance(r, dict) and "sentences" in r for r in refs):
-        raise ValueError(f"{path} is not a REFER refs file (a list of dicts with 'sentences'); re-download it.")
+        raise ValueError(
+            f"{path} is not a REFER refs file (a list of dicts with 'sentences'); download it again."
+        )
     return refs
 
 

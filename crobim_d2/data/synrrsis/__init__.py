@@ -5,5 +5,6 @@ from .scene import CATEGORIES, COLORS, Scene, SceneObject, generate_scene
 
 __all__ = [
     "CATEGORIES", "COLORS", "SYNRRSIS_VERSION", "Scene", "SceneObject", "SynRRSISParams", "ensure_synrrsis",
-    "generate_scene", "generate_synrrsis", "matches", "refers_to", "render", "scene_expressions", "write_split",
+    "generate_scene", "generate_synrrsis", "matches", "refers_to", "render", "scene_expressions",
+    "write_split",
 ]

@@ -166,7 +166,9 @@ def generate_scene(rng: np.random.Generator, image_size: int = 256) -> Scene:
             _, length, width = CATEGORIES[category]
             scale = SIZE_LEVELS[level] * rng.uniform(0.97, 1.03) * size
             length, width = length * scale, width * scale
-            radius = {"storage tank": 0.5 * length, "plane": 0.55 * length}.get(category, 0.5 * np.hypot(length, width))
+            radius = {"storage tank": 0.5 * length, "plane": 0.55 * length}.get(
+                category, 0.5 * np.hypot(length, width)
+            )
             slack = max(0.0, cell_px / 2 - radius - 2)
             center = np.array([(col + 0.5) * cell_px, (row + 0.5) * cell_px]) + rng.uniform(-slack, slack, 2)
             rgb = np.clip(np.array(COLORS[color]) + rng.integers(-12, 13, 3), 0, 255)
