@@ -87,6 +87,7 @@ def _random_samples(n=30):
 
 
 def _worker(rank, init_file, out_file):
+    torch.set_num_threads(1)  # a forked child must not reuse the parent's intra-op thread pool
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
     ev = RRSISEvaluator("dist", distributed=True)
     ev.reset()
@@ -100,7 +101,9 @@ def _worker(rank, init_file, out_file):
 
 @pytest.mark.slow
 def test_two_process_gloo_equals_one_process(tmp_path):
-    mp.spawn(_worker, args=(str(tmp_path / "init"), str(tmp_path / "res")), nprocs=2, join=True)
+    # fork: the children reuse the imported modules (spawning would import torch and detectron2 twice more)
+    mp.start_processes(_worker, args=(str(tmp_path / "init"), str(tmp_path / "res")), nprocs=2, join=True,
+                       start_method="fork")
     ev = RRSISEvaluator("single", distributed=True)
     for inp, out in _random_samples():
         ev.process([inp], [out])
