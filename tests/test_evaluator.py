@@ -99,7 +99,6 @@ def _worker(rank, init_file, out_file):
     dist.destroy_process_group()
 
 
-@pytest.mark.slow
 def test_two_process_gloo_equals_one_process(tmp_path):
     # fork: the children reuse the imported modules (spawning would import torch and detectron2 twice more)
     mp.start_processes(_worker, args=(str(tmp_path / "init"), str(tmp_path / "res")), nprocs=2, join=True,
