@@ -13,3 +13,4 @@ if HAS_DETECTRON2:
     from . import evaluation  # noqa: F401
     from . import modeling  # noqa: F401  (registers the meta-architecture and backbones)
     from .config import add_crobim_config  # noqa: F401
+    from .predictor import RRSISPredictor  # noqa: F401

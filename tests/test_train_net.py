@@ -13,19 +13,10 @@ from crobim_d2.engine import build_lr_scheduler, check_config, get_param_groups,
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "projects", "CroBIM"))
 import train_net
+from _tiny_train_config import CONFIG, TINY_OPTS
 
-CONFIG = os.path.join(os.path.dirname(__file__), "..", "projects", "CroBIM", "configs", "synrrsis", "crobim_tiny.yaml")
 DATASETS = ("d_tiny_train", "d_tiny_test")
-# The demo config shrunk to seconds per run: 64 px, a 1-layer random BERT, a thin ConvNeXt.
-TINY = [
-    "DATASETS.TRAIN", f"('{DATASETS[0]}',)", "DATASETS.TEST", f"('{DATASETS[1]}',)", "INPUT.IMAGE_SIZE", "64",
-    "MODEL.TEXT_ENCODER.WEIGHTS", "", "MODEL.TEXT_ENCODER.NUM_LAYERS", "1", "MODEL.TEXT_ENCODER.HIDDEN_SIZE", "32",
-    "MODEL.TEXT_ENCODER.NUM_HEADS", "2", "MODEL.TEXT_ENCODER.INTERMEDIATE_SIZE", "64",
-    "MODEL.CONVNEXT.DIMS", "[8, 16, 32, 64]", "MODEL.CONVNEXT.DEPTHS", "[1, 1, 1, 1]",
-    "MODEL.CROBIM.HIDDEN_DIM", "32", "MODEL.CROBIM.MID_FFN_DIM", "32", "MODEL.CROBIM.ADC_TOPK", "4",
-    "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "4", "SOLVER.WARMUP_ITERS", "1", "SOLVER.CHECKPOINT_PERIOD", "2",
-    "SOLVER.AMP.ENABLED", "False", "DATALOADER.NUM_WORKERS", "0",
-]
+TINY = ["DATASETS.TRAIN", f"('{DATASETS[0]}',)", "DATASETS.TEST", f"('{DATASETS[1]}',)", *TINY_OPTS]
 
 
 def register_tiny(root: str) -> None:

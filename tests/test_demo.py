@@ -1,0 +1,78 @@
+"""demo.py (mask + overlay PNG per image) and demo_job.py (train, evaluate, control, metrics, picture)."""
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+import torch
+from _tiny_train_config import CONFIG, TINY_OPTS, tiny_cfg
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.modeling import build_model
+from PIL import Image
+
+from crobim_d2.data.synrrsis import SynRRSISParams, generate_scene, generate_synrrsis
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "projects", "CroBIM"))
+import demo
+import demo_job
+
+
+def test_demo_cli_writes_mask_and_overlay(tmp_path):
+    cfg = tiny_cfg()
+    torch.manual_seed(0)
+    DetectionCheckpointer(build_model(cfg), save_dir=str(tmp_path)).save("model")
+    paths = []
+    for i in range(2):
+        scene = generate_scene(np.random.default_rng(i), 96)
+        paths.append(str(tmp_path / f"scene{i}.png"))
+        Image.fromarray(scene.image).save(paths[-1])
+    written = demo.main([
+        "--config-file", CONFIG, "--input", *paths, "--expression", "the red car at the top left",
+        "--output", str(tmp_path / "out"), "--opts", *TINY_OPTS, "MODEL.WEIGHTS", str(tmp_path / "model.pth"),
+    ])
+    assert sorted(os.path.basename(p) for p in written) == [
+        "scene0_mask.png", "scene0_overlay.png", "scene1_mask.png", "scene1_overlay.png"
+    ]
+    mask = np.asarray(Image.open(tmp_path / "out" / "scene0_mask.png"))
+    assert mask.shape == (96, 96) and set(np.unique(mask)) <= {0, 255}
+    assert np.asarray(Image.open(tmp_path / "out" / "scene1_overlay.png")).shape == (96, 96, 3)
+    with pytest.raises(FileNotFoundError, match="--input"):
+        demo.main(["--config-file", CONFIG, "--input", str(tmp_path / "none.png"), "--expression", "x",
+                   "--output", str(tmp_path)])
+
+
+def test_shuffled_expressions_move_every_expression_to_another_image():
+    records = [{"file_name": f"{i // 3}.png", "sentence": f"s{i}", "sent_id": i} for i in range(3 * 7 - 1)]
+    shuffled = demo_job.shuffled_expressions(records)
+    assert sorted(r["sentence"] for r in shuffled) == sorted(r["sentence"] for r in records)
+    owner = {r["sentence"]: r["file_name"] for r in records}
+    assert all(owner[r["sentence"]] != r["file_name"] for r in shuffled)
+    assert sorted(r["sent_id"] for r in shuffled) == list(range(len(records)))  # masks stay with their record
+
+
+@pytest.mark.slow
+def test_demo_job_writes_metrics_and_picture(tmp_path):
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    from crobim_d2.data import register_rrsis_dataset
+
+    generate_synrrsis(str(tmp_path), SynRRSISParams(image_size=64, num_train=4, num_val=1, num_test=3))
+    for split in ("train", "test"):
+        name = f"demo_tiny_{split}"
+        if name in DatasetCatalog.list():
+            DatasetCatalog.remove(name)
+            MetadataCatalog.remove(name)
+        register_rrsis_dataset(name, str(tmp_path / "synrrsis" / f"{split}.jsonl"))
+    out = tmp_path / "demo"
+    metrics = demo_job.main([
+        "--output-dir", str(out), *TINY_OPTS,
+        "DATASETS.TRAIN", "('demo_tiny_train',)", "DATASETS.TEST", "('demo_tiny_test',)",
+    ])
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved == json.loads(json.dumps(metrics))
+    assert set(saved["test"]) >= {"mIoU", "oIoU"} and set(saved["language_blind_control"]) >= {"mIoU", "oIoU"}
+    assert saved["num_test_expressions"] == len(DatasetCatalog.get("demo_tiny_test"))
+    assert saved["wall_time_s"]["train_and_eval"] > 0
+    grid = np.asarray(Image.open(out / "predictions.png"))
+    assert grid.ndim == 3 and grid.shape[1] == 3 * 64 + 2 * 6 and grid.shape[0] > 3 * 64

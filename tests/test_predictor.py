@@ -1,0 +1,61 @@
+"""RRSISPredictor: loads MODEL.WEIGHTS, matches the dataset-mapper path, full-resolution float32 output, errors."""
+import numpy as np
+import pytest
+import torch
+from _tiny_train_config import tiny_cfg
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.modeling import build_model
+from PIL import Image
+
+from crobim_d2 import RRSISPredictor
+from crobim_d2.data import RRSISDatasetMapper
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """A tiny model with random weights saved as a checkpoint, and its config pointing to it."""
+    out = tmp_path_factory.mktemp("predictor")
+    cfg = tiny_cfg()
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    DetectionCheckpointer(model, save_dir=str(out)).save("model")
+    cfg.MODEL.WEIGHTS = str(out / "model.pth")
+    return cfg, model
+
+
+def test_predictor_loads_weights_and_matches_the_mapper_path(saved, tmp_path):
+    cfg, model = saved
+    torch.manual_seed(1)  # a different initialization: the checkpoint must overwrite it
+    predictor = RRSISPredictor(cfg)
+    for k, v in model.state_dict().items():
+        assert torch.equal(predictor.model.state_dict()[k], v), k
+    image = np.random.default_rng(0).integers(0, 256, (50, 70, 3), dtype=np.uint8)
+    prob = predictor(image, "the red car at the top left")
+    assert prob.shape == (50, 70) and prob.dtype == np.float32
+    assert 0.0 <= prob.min() and prob.max() <= 1.0
+
+    Image.fromarray(image).save(tmp_path / "image.png")
+    record = {"file_name": str(tmp_path / "image.png"), "height": 50, "width": 70,
+              "sentence": "the red car at the top left"}
+    model.eval()
+    with torch.no_grad():
+        expected = model([RRSISDatasetMapper(cfg, is_train=False)(record)])[0]["ref_seg"].numpy()
+    np.testing.assert_allclose(prob, expected, atol=1e-6)
+    assert not np.allclose(prob, predictor(image, "the blue ship in the center"))
+
+
+def test_predictor_rejects_bad_inputs(saved):
+    predictor = RRSISPredictor(saved[0])
+    image = np.zeros((32, 32, 3), np.uint8)
+    with pytest.raises(ValueError, match="non-empty referring expression"):
+        predictor(image, "  ")
+    with pytest.raises(ValueError, match=r"RGB uint8 array \(H, W, 3\), got float32"):
+        predictor(image.astype(np.float32), "the car")
+    with pytest.raises(ValueError, match=r"got uint8 \(32, 32\)"):
+        predictor(image[:, :, 0], "the car")
+
+
+def test_predictor_missing_weights_names_the_key(tmp_path):
+    cfg = tiny_cfg("MODEL.WEIGHTS", str(tmp_path / "missing.pth"))
+    with pytest.raises(FileNotFoundError, match="MODEL.WEIGHTS="):
+        RRSISPredictor(cfg)
