@@ -1,0 +1,247 @@
+"""CroBIM model benchmark on CPU at 480x480 with random weights (Swin-B and ConvNeXt-B configs).
+
+Measures parameters, inference seconds per image (float32 and bfloat16 autocast), peak memory, a batch-2
+training step (forward, loss, backward), the share of inference time in backbone / text encoder / CAPM /
+LGFA / MID, deformable-attention impl "auto" against "pytorch", and the mean IoU between the bfloat16 and
+float32 masks. Each (config, measurement) runs in its own subprocess so that its peak RSS
+(``resource.getrusage``) is its own; "peak MiB" is the growth of the peak RSS over the built model's.
+
+    .venv/bin/python benchmarks/model.py                       # both configs, 2 threads
+    .venv/bin/python benchmarks/model.py --num-agreement 64    # more inputs for the bf16/fp32 IoU
+
+Inputs for the agreement check are smooth random images (low-resolution noise, upsampled) with random
+expressions: with random weights the masks are arbitrary but deterministic, so the IoU measures how far
+bfloat16 moves the decision boundary. Timings are noisy on shared CPUs.
+"""
+
+import argparse
+import json
+import math
+import os
+import resource
+import subprocess
+import sys
+import time
+
+CONFIGS = {
+    "swin_b": "projects/CroBIM/configs/rrsisd/crobim_swin_b.yaml",
+    "convnext_b": "projects/CroBIM/configs/rrsisd/crobim_convnext_b.yaml",
+}
+COMPONENTS = ("backbone", "text_encoder", "capm", "lgfa", "mid")
+MODES = ("infer_float32", "infer_bfloat16", "infer_msda_pytorch", "train", "agreement")
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+
+
+def build(config: str, msda_impl: str = "auto"):
+    import torch
+    from detectron2.config import get_cfg
+    from detectron2.modeling import build_model
+
+    from crobim_d2 import add_crobim_config
+
+    cfg = get_cfg()
+    add_crobim_config(cfg)
+    cfg.merge_from_file(config)
+    cfg.MODEL.WEIGHTS = ""
+    cfg.MODEL.TEXT_ENCODER.WEIGHTS = ""
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.CROBIM.MSDA_IMPL = msda_impl
+    torch.manual_seed(0)
+    return build_model(cfg), cfg
+
+
+def make_inputs(cfg, n: int, seed: int, train: bool = False) -> list:
+    import torch
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(seed)
+    s, t = cfg.INPUT.IMAGE_SIZE, cfg.INPUT.MAX_TOKENS
+    out = []
+    for _ in range(n):
+        coarse = torch.rand(1, 3, 15, 15, generator=g) * 255
+        image = F.interpolate(coarse, size=(s, s), mode="bicubic", align_corners=False)[0]
+        valid = int(torch.randint(4, t + 1, (1,), generator=g))
+        tokens = torch.zeros(t, dtype=torch.long)
+        tokens[:valid] = torch.randint(1000, 30000, (valid,), generator=g)
+        tokens[0], tokens[valid - 1] = 101, 102  # [CLS] ... [SEP]
+        mask = torch.zeros(t, dtype=torch.long)
+        mask[:valid] = 1
+        record = {"image": image.clamp(0, 255).to(torch.uint8), "lang_tokens": tokens, "lang_mask": mask}
+        record.update(height=s, width=s)
+        if train:
+            record["gt_mask"] = (torch.rand(s // 32, s // 32, generator=g) > 0.7).to(torch.uint8)
+            record["gt_mask"] = record["gt_mask"].repeat_interleave(32, 0).repeat_interleave(32, 1)
+        out.append(record)
+    return out
+
+
+def time_components(model) -> dict:
+    """Forward pre/post hooks accumulating wall time per top-level component."""
+    totals = dict.fromkeys(COMPONENTS, 0.0)
+    starts = {}
+    for name in COMPONENTS:
+        module = getattr(model, name)
+        module.register_forward_pre_hook(
+            lambda m, a, name=name: starts.__setitem__(name, time.perf_counter())
+        )
+        module.register_forward_hook(
+            lambda m, a, o, name=name: totals.__setitem__(
+                name, totals[name] + time.perf_counter() - starts[name]
+            )
+        )
+    return totals
+
+
+def run_inference(model, cfg, dtype: str, repeats: int) -> dict:
+    import torch
+
+    model.inference_dtype = dtype
+    inputs = make_inputs(cfg, 1, seed=0)
+    with torch.inference_mode():
+        for _ in range(2):  # warm-up: oneDNN builds its bf16 kernels for each new shape on first use
+            model(inputs)
+        totals = time_components(model)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            model(inputs)
+        elapsed = time.perf_counter() - start
+    result = {"seconds_per_image": elapsed / repeats}
+    result["share"] = {k: v / elapsed for k, v in totals.items()}
+    result["share"]["other"] = 1.0 - sum(result["share"].values())
+    return result
+
+
+def run_train(model, cfg, repeats: int) -> dict:
+    model.train()
+    inputs = make_inputs(cfg, 2, seed=1, train=True)
+    times = []
+    for _ in range(repeats + 1):  # first step is warm-up
+        start = time.perf_counter()
+        losses = model(inputs)
+        sum(losses.values()).backward()
+        model.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - start)
+    return {"seconds_per_step": sum(times[1:]) / repeats, "batch": 2}
+
+
+def run_agreement(model, cfg, n: int) -> dict:
+    import torch
+
+    ious, pixel_agree = [], []
+    with torch.inference_mode():
+        for i in range(n):
+            inputs = make_inputs(cfg, 1, seed=1000 + i)
+            masks = []
+            for dtype in ("float32", "bfloat16"):
+                model.inference_dtype = dtype
+                masks.append(model(inputs)[0]["ref_seg"] > 0.5)
+            inter = (masks[0] & masks[1]).sum().item()
+            union = (masks[0] | masks[1]).sum().item()
+            ious.append(1.0 if union == 0 else inter / union)  # both empty: full agreement
+            pixel_agree.append((masks[0] == masks[1]).float().mean().item())
+    return {
+        "num_inputs": n,
+        "mean_iou": sum(ious) / n,
+        "min_iou": min(ious),
+        "pixel_agreement": sum(pixel_agree) / n,
+    }
+
+
+def worker(args) -> dict:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    model, cfg = build(CONFIGS[args.config], "pytorch" if args.mode == "infer_msda_pytorch" else "auto")
+    model.eval()
+    built_rss = peak_rss_mib()
+    result = {"config": args.config, "mode": args.mode, "model_rss_mib": built_rss}
+    result["params_m"] = {k: sum(p.numel() for p in getattr(model, k).parameters()) / 1e6 for k in COMPONENTS}
+    result["params_m"]["total"] = sum(p.numel() for p in model.parameters()) / 1e6
+    if args.mode.startswith("infer"):
+        dtype = "bfloat16" if args.mode == "infer_bfloat16" else "float32"
+        result.update(run_inference(model, cfg, dtype, args.repeats))
+    elif args.mode == "train":
+        result.update(run_train(model, cfg, args.train_repeats))
+    else:
+        result.update(run_agreement(model, cfg, args.num_agreement))
+    result["peak_mib"] = peak_rss_mib() - built_rss
+    return result
+
+
+def spawn(args, config: str, mode: str) -> dict:
+    cmd = [sys.executable, __file__, "--worker", "--config", config, "--mode", mode]
+    cmd += ["--threads", str(args.threads), "--repeats", str(args.repeats)]
+    cmd += ["--train-repeats", str(args.train_repeats), "--num-agreement", str(args.num_agreement)]
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+    out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def fmt(x: float, digits: int = 2) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def print_table(results: dict) -> None:
+    print(
+        "| config | params (M) | fp32 s/img | bf16 s/img | msda pytorch s/img | train s/step (b=2) "
+        "| peak MiB fp32 / bf16 / train | bf16 vs fp32 IoU (n) |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for name, r in results.items():
+        fp, bf, pt, tr, ag = (r.get(m, {}) for m in MODES)
+        peaks = " / ".join(fmt(x.get("peak_mib"), 0) for x in (fp, bf, tr))
+        iou = f"{fmt(ag.get('mean_iou'), 4)} ({ag.get('num_inputs', '-')})"
+        print(
+            f"| {name} | {fmt(fp.get('params_m', {}).get('total'), 1)} | {fmt(fp.get('seconds_per_image'))} "
+            f"| {fmt(bf.get('seconds_per_image'))} | {fmt(pt.get('seconds_per_image'))} "
+            f"| {fmt(tr.get('seconds_per_step'))} | {peaks} | {iou} |"
+        )
+    print()
+    print("| config | dtype | " + " | ".join(COMPONENTS) + " | other |")
+    print("|---|---|" + "---|" * (len(COMPONENTS) + 1))
+    for name, r in results.items():
+        for mode in ("infer_float32", "infer_bfloat16"):
+            if mode in r:
+                share = r[mode]["share"]
+                cells = " | ".join(f"{100 * share[k]:.0f}%" for k in (*COMPONENTS, "other"))
+                print(f"| {name} | {mode.split('_')[1]} | {cells} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3, help="timed inference runs after one warm-up")
+    parser.add_argument("--train-repeats", type=int, default=2, help="timed training steps after one warm-up")
+    parser.add_argument("--num-agreement", type=int, default=16, help="inputs for the bf16/fp32 mask IoU")
+    parser.add_argument("--output", default="output/benchmarks/model.json")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--config", help=argparse.SUPPRESS)
+    parser.add_argument("--mode", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args)))
+        return
+    results = {}
+    for config in args.configs:
+        results[config] = {}
+        for mode in args.modes:
+            start = time.perf_counter()
+            results[config][mode] = spawn(args, config, mode)
+            results[config][mode]["load_average_after"] = os.getloadavg()[0]  # other jobs sharing the CPUs
+            print(f"# {config} {mode}: {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    print_table(results)
+    os.makedirs(os.path.dirname(args.output) or ".", exist_ok=True)
+    settings = {k: getattr(args, k) for k in ("threads", "repeats", "train_repeats", "num_agreement")}
+    settings["cpu_count"] = os.cpu_count()
+    with open(args.output, "w") as f:
+        json.dump({"settings": settings, "results": results}, f, indent=2)
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()
