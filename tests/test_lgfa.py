@@ -101,3 +101,21 @@ def test_from_config_maps_stage_names_and_validates():
     cfg.MODEL.CROBIM.ADC_STAGES = ["p3"]
     with pytest.raises(ValueError, match="ADC_STAGES"):
         LanguageGuidedFeatureAggregation(cfg, shapes, 24)
+
+
+def test_folded_fusion_equals_the_equations_as_written():
+    fusion = build(adc_stages=[]).fusions[1]
+    feats, lang, mask = inputs()
+    v = feats[1]
+    n, c, h, w = v.shape
+    x = v.flatten(2).transpose(1, 2)
+    q = fusion.query(x).view(n, h * w, 4, c // 4).transpose(1, 2)  # Eq. 3
+    k = fusion.key(lang).view(n, -1, 4, c // 4).transpose(1, 2)  # Eq. 4
+    val = fusion.value(lang).view(n, -1, 4, c // 4).transpose(1, 2)
+    scores = (q @ k.transpose(2, 3)) / (c // 4) ** 0.5  # Eq. 5
+    probs = scores.masked_fill(~mask.bool()[:, None, None], float("-inf")).softmax(-1)
+    att = (probs @ val).transpose(1, 2).reshape(n, h * w, c)
+    expected = fusion.reweight(torch.nn.functional.gelu(fusion.gate(att))) * x  # Eq. 6-7
+    fused, attn_map = fusion(v, lang, mask)
+    assert torch.allclose(fused, expected.transpose(1, 2).reshape(n, c, h, w), atol=1e-5)
+    assert torch.allclose(attn_map, probs.mean(1).transpose(1, 2).reshape(n, -1, h, w), atol=1e-6)

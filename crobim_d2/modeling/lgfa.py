@@ -12,11 +12,21 @@ from torch import nn
 from .capm import stage_indices
 
 
+def block_diagonal(x: torch.Tensor) -> torch.Tensor:
+    """(N, T, M, d) per-head vectors -> (N, M*T, M*d): row (h, t) holds x[:, t, h] in head h's columns."""
+    n, t, m, d = x.shape
+    eye = torch.eye(m, device=x.device, dtype=x.dtype)
+    return torch.einsum("nthj,hg->nhtgj", x, eye).reshape(n, m * t, m * d)
+
+
 class LanguageGuidedFusion(nn.Module):
     """Cross-modal fusion of one stage (Eq. 3-7): pixels attend to words, a gated map reweights V_i.
 
     Multi-head attention with the usual 1/sqrt(head dim) scale (the paper writes 1/sqrt(l_m), which would make
-    the temperature depend on the padding length). Attention runs in float32; padded words are masked.
+    the temperature depend on the padding length); padded words are masked. omega_iq and the Gate's 1x1 conv
+    are linear, so they are folded into the T per-head word vectors (block-diagonal over heads) instead of
+    being applied to the H*W pixels: S_i = V_i (W_q^T K) and Gate(A V) = GELU(A (V W_g^T) + b_g) give the
+    same result with two (H*W x C) by (C x M*T) products. Scores and softmax run in float32.
     """
 
     def __init__(self, channels: int, text_dim: int, num_heads: int):
@@ -24,27 +34,34 @@ class LanguageGuidedFusion(nn.Module):
         if channels % num_heads != 0:
             raise ValueError(f"LGFA: {channels} channels are not divisible by LGFA_NUM_HEADS={num_heads}.")
         self.num_heads = num_heads
-        self.query = nn.Conv2d(channels, channels, 1)  # omega_iq
+        self.query = nn.Linear(channels, channels)  # omega_iq
         self.key = nn.Linear(text_dim, channels)  # omega_ik
         self.value = nn.Linear(text_dim, channels)  # omega_iv
-        self.gate = nn.Sequential(nn.Conv2d(channels, channels, 1), nn.GELU())  # Gate of Eq. 6
-        self.reweight = nn.Conv2d(channels, channels, 1)  # Conv_1x1 of Eq. 7
+        self.gate = nn.Linear(channels, channels)  # Gate of Eq. 6: 1x1 conv, then GELU
+        self.reweight = nn.Linear(channels, channels)  # Conv_1x1 of Eq. 7
 
     def forward(
         self, v: torch.Tensor, lang: torch.Tensor, lang_mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """v (N, C, H, W), lang (N, T, D_l), lang_mask (N, T) -> V_li (N, C, H, W), map (N, T, H, W)."""
         n, c, h, w = v.shape
-        m = self.num_heads
-        q = self.query(v).flatten(2).view(n, m, c // m, h * w).transpose(2, 3)  # V_iq, Eq. 3
-        k = self.key(lang).view(n, -1, m, c // m).transpose(1, 2)  # L_ik, Eq. 4
-        val = self.value(lang).view(n, -1, m, c // m).transpose(1, 2)  # L_iv, Eq. 4
-        scores = q.float() @ k.float().transpose(2, 3) * (c // m) ** -0.5  # S_i, Eq. 5
-        scores = scores.masked_fill(~lang_mask.bool()[:, None, None, :], float("-inf"))
-        probs = scores.softmax(-1)
-        att = (probs.to(val.dtype) @ val).transpose(2, 3).reshape(n, c, h, w)  # Unflatten of Eq. 6
-        fused = self.reweight(self.gate(att)) * v  # Eq. 6-7
-        return fused, probs.mean(1).transpose(1, 2).reshape(n, -1, h, w)
+        m, t = self.num_heads, lang.shape[1]
+        x = v.flatten(2).transpose(1, 2)  # Flatten of Eq. 3: (N, H*W, C)
+        keys = block_diagonal(self.key(lang).view(n, t, m, c // m)).float()  # L_ik, Eq. 4: (N, M*T, C)
+        values = block_diagonal(self.value(lang).view(n, t, m, c // m))  # L_iv, Eq. 4: (N, M*T, C)
+        with torch.autocast(v.device.type, enabled=False):
+            scale = (c // m) ** -0.5
+            q_keys = keys @ (self.query.weight * scale)  # (N, M*T, C): omega_iq folded into the keys
+            q_bias = keys @ (self.query.bias * scale)  # (N, M*T)
+            scores = torch.baddbmm(q_bias[:, None], x.float(), q_keys.transpose(1, 2))  # S_i, Eq. 3-5
+            scores = scores.view(n, h * w, m, t).masked_fill(
+                ~lang_mask.bool()[:, None, None, :], float("-inf")
+            )
+            probs = scores.softmax(-1)
+        gated_values = values @ self.gate.weight.t().to(values.dtype)  # Gate's conv folded into L_iv
+        att = F.gelu(torch.baddbmm(self.gate.bias, probs.view(n, h * w, m * t), gated_values))  # Eq. 6
+        fused = self.reweight(att) * x  # Eq. 7
+        return fused.transpose(1, 2).view(n, c, h, w), probs.mean(2).transpose(1, 2).reshape(n, t, h, w)
 
 
 def attention_deficit_map(maps: Sequence[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:

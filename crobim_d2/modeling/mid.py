@@ -155,7 +155,7 @@ def sine_position_encoding(h: int, w: int, dim: int, device: torch.device) -> to
 class MutualInteractionDecoder(nn.Module):
     """Cascaded bidirectional vision-language decoder producing the mask logits at res2 resolution.
 
-    Eq. 14: every level is projected to D (1x1 conv + GroupNorm), flattened and concatenated into V_ms
+    Eq. 14: every level is projected to D (1x1 conv, run as a linear layer on tokens, + LayerNorm), flattened and concatenated into V_ms
     (sum_i H_i W_i tokens) with a sine position encoding plus a learned level embedding; L_v is projected
     from D_l to D. The layers cross-attend between the 20+N_p language tokens and all V_ms tokens and run
     multi-scale deformable attention over V_ms: nothing attends densely from V_ms to V_ms.
@@ -185,15 +185,14 @@ class MutualInteractionDecoder(nn.Module):
             raise ValueError(
                 f"MODEL.CROBIM.MID_ATTENTION={attention!r} is unknown; use one of {ATTENTION_SCHEMES}."
             )
-        if hidden_dim % 32 != 0 or hidden_dim % num_heads != 0:
+        if hidden_dim % num_heads != 0:
             raise ValueError(
-                f"MODEL.CROBIM.HIDDEN_DIM={hidden_dim} must be a multiple of 32 (GroupNorm) and of "
-                f"MID_NUM_HEADS={num_heads}."
+                f"MODEL.CROBIM.HIDDEN_DIM={hidden_dim} must be a multiple of MID_NUM_HEADS={num_heads}."
             )
         if num_layers < 1:
             raise ValueError(f"MODEL.CROBIM.MID_NUM_LAYERS must be >= 1, got {num_layers}.")
         self.input_proj = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(c, hidden_dim, 1), nn.GroupNorm(32, hidden_dim)) for c in in_channels
+            nn.Sequential(nn.Linear(c, hidden_dim), nn.LayerNorm(hidden_dim)) for c in in_channels
         )  # Proj_v, Eq. 14
         self.level_embed = nn.Parameter(torch.empty(len(in_channels), hidden_dim))
         nn.init.normal_(self.level_embed)
@@ -230,7 +229,7 @@ class MutualInteractionDecoder(nn.Module):
         if len(features) != len(self.input_proj):
             raise ValueError(f"MID was built for {len(self.input_proj)} levels, got {len(features)}.")
         shapes = [f.shape[-2:] for f in features]
-        projected = [proj(f).flatten(2).transpose(1, 2) for proj, f in zip(self.input_proj, features)]
+        projected = [proj(f.flatten(2).transpose(1, 2)) for proj, f in zip(self.input_proj, features)]
         v_ms = torch.cat(projected, dim=1)  # V_ms, Eq. 14
         pos = torch.cat(
             [
