@@ -83,7 +83,7 @@ def test_geotiff_outputs_keep_crs_transform_and_areas(tmp_path):
     assert len(gj["features"]) == 1
     feat = gj["features"][0]
     poly = shape(feat["geometry"])
-    assert len(poly.interiors) == 1
+    assert poly.is_valid and len(poly.interiors) == 1
     assert poly.area == pytest.approx(expected.sum() * 50.0)  # mask pixels x pixel area, in m^2
     assert poly.bounds == pytest.approx((500200.0, 4600000.0 - 150.0, 500400.0, 4600000.0 - 50.0))
     assert feat["properties"]["expression"] == "the square pond"
@@ -263,3 +263,59 @@ def test_cli_errors(tmp_path, model_files, capsys):
     )
     assert "give --input and --expression" in _error(capsys, args + ["--input", good] + out)
     assert not fake.calls  # every check happens before any prediction
+
+
+def test_cli_with_real_predictor_on_tiny_model(tmp_path):
+    """End to end: a tiny random CroBIM checkpoint, a GeoTIFF larger than the model input, the real predictor."""
+    import torch
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.config import get_cfg
+    from detectron2.modeling import build_model
+
+    from crobim_d2 import RRSISPredictor, add_crobim_config
+
+    cfg = get_cfg()
+    add_crobim_config(cfg)
+    cfg.MODEL.META_ARCHITECTURE = "CroBIM"
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.BACKBONE.NAME = "D2ConvNeXt"
+    cfg.MODEL.CONVNEXT.DEPTHS, cfg.MODEL.CONVNEXT.DIMS = [1, 1, 1, 1], [16, 32, 64, 128]
+    te = cfg.MODEL.TEXT_ENCODER
+    te.NUM_LAYERS, te.HIDDEN_SIZE, te.NUM_HEADS, te.INTERMEDIATE_SIZE = 1, 32, 2, 64
+    c = cfg.MODEL.CROBIM
+    c.HIDDEN_DIM, c.CAPM_NUM_HEADS, c.LGFA_NUM_HEADS, c.MID_NUM_HEADS = 32, 2, 2, 2
+    c.MID_NUM_LAYERS, c.MID_FFN_DIM, c.ADC_TOPK = 1, 64, 4
+    cfg.INPUT.IMAGE_SIZE = 64
+    config_file = tmp_path / "tiny.yaml"
+    config_file.write_text(cfg.dump())
+    torch.manual_seed(0)
+    DetectionCheckpointer(build_model(cfg), save_dir=str(tmp_path)).save("tiny")
+    weights = tmp_path / "tiny.pth"
+
+    scene_path = rgb_scene(tmp_path / "scene.tif")  # 48 x 64 at 10 m x 5 m
+    big = np.random.default_rng(2).integers(0, 256, (3, 150, 100), dtype=np.uint8)  # larger than 64x64
+    big_path = write_raster(tmp_path / "big.tif", big)
+    out = tmp_path / "out"
+    argv = ["--config-file", str(config_file), "--weights", str(weights), "--input", scene_path, big_path]
+    argv += [
+        "--expression",
+        "the pond on the left",
+        "--output-dir",
+        str(out),
+        "--save-prob",
+        "--min-area",
+        "0",
+    ]
+    assert cli.main(argv) == 0
+
+    cfg.MODEL.WEIGHTS = str(weights)
+    predictor = RRSISPredictor(cfg)
+    for path, (h, w) in ((scene_path, (H, W)), (big_path, (150, 100))):
+        name = Path(path).stem + "_the-pond-on-the-left"
+        with rasterio.open(out / f"{name}_prob.tif") as src:
+            assert (src.height, src.width) == (h, w) and src.crs == CRS_UTM and src.transform == TRANSFORM
+            prob = src.read(1)
+        expected = predictor(read_scene(path).rgb, "the pond on the left")
+        np.testing.assert_allclose(prob, expected, atol=1e-5)
+        with rasterio.open(out / f"{name}_mask.tif") as src:
+            np.testing.assert_array_equal(src.read(1), (expected > 0.5).astype(np.uint8))
