@@ -13,6 +13,7 @@ from crobim_d2.data import load_gt_mask
 from crobim_d2.data.datasets.builtin import _load_synrrsis
 from crobim_d2.data.synrrsis import (
     CATEGORIES,
+    SYNRRSIS_VERSION,
     SynRRSISParams,
     ensure_synrrsis,
     generate_scene,
@@ -118,7 +119,7 @@ def test_prepare_script(tmp_path, monkeypatch, capsys):
             "--num-test", "1", "--image-size", "128"]
     monkeypatch.setattr(sys, "argv", argv)
     runpy.run_path(script, run_name="__main__")
-    assert "synrrsis v1" in capsys.readouterr().out
+    assert f"synrrsis v{SYNRRSIS_VERSION}" in capsys.readouterr().out
     lines = (tmp_path / "synrrsis" / "train.jsonl").read_text().splitlines()
     assert 4 <= len(lines) <= 6
     assert load_gt_mask(_load_synrrsis(str(tmp_path), "train")[0]).shape == (128, 128)

@@ -18,7 +18,7 @@ import numpy as np
 from .expressions import scene_expressions
 from .scene import generate_scene
 
-SYNRRSIS_VERSION = 1
+SYNRRSIS_VERSION = 2
 SPLITS = ("train", "val", "test")
 
 

@@ -22,7 +22,7 @@ CATEGORIES = {
     "building": ("building", 0.24, 0.18),
     "storage tank": ("tank", 0.26, 0.26),
     "plane": ("plane", 0.28, 0.28),
-    "ship": ("ship", 0.30, 0.08),
+    "ship": ("ship", 0.30, 0.10),
     "vehicle": ("vehicle", 0.20, 0.11),
     "court": ("court", 0.27, 0.15),
 }
@@ -68,10 +68,10 @@ def _polygons(category: str, length: float, width: float) -> tuple[list[np.ndarr
 
     L, W = length, width
     if category == "plane":
-        fuselage = np.array([(-0.5, -0.05), (0.36, -0.06), (0.5, 0), (0.36, 0.06), (-0.5, 0.05)]) * L
-        wings = [np.array([(0.1, s * 0.05), (-0.1, s * 0.5), (-0.22, s * 0.5), (-0.1, s * 0.05)]) * L
+        fuselage = np.array([(-0.5, -0.06), (0.34, -0.075), (0.5, 0), (0.34, 0.075), (-0.5, 0.06)]) * L
+        wings = [np.array([(0.14, s * 0.06), (-0.08, s * 0.5), (-0.24, s * 0.5), (-0.16, s * 0.06)]) * L
                  for s in (-1, 1)]
-        tails = [np.array([(-0.36, s * 0.04), (-0.47, s * 0.2), (-0.53, s * 0.2), (-0.5, s * 0.04)]) * L
+        tails = [np.array([(-0.34, s * 0.05), (-0.44, s * 0.22), (-0.53, s * 0.22), (-0.5, s * 0.05)]) * L
                  for s in (-1, 1)]
         return [fuselage, *wings, *tails], [rect(0.3 * L, 0.38 * L, -0.025 * L, 0.025 * L)]
     if category == "ship":
@@ -166,7 +166,7 @@ def generate_scene(rng: np.random.Generator, image_size: int = 256) -> Scene:
             _, length, width = CATEGORIES[category]
             scale = SIZE_LEVELS[level] * rng.uniform(0.97, 1.03) * size
             length, width = length * scale, width * scale
-            radius = {"storage tank": 0.5 * length, "plane": 0.55 * length}.get(
+            radius = {"storage tank": 0.5 * length, "plane": 0.56 * length}.get(
                 category, 0.5 * np.hypot(length, width)
             )
             slack = max(0.0, cell_px / 2 - radius - 2)
