@@ -265,6 +265,13 @@ def test_cli_errors(tmp_path, model_files, capsys):
     assert not fake.calls  # every check happens before any prediction
 
 
+def test_config_with_unknown_key_is_a_clear_error(tmp_path):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("MODEL:\n  NOT_A_KEY: 1\n")
+    with pytest.raises(GeoInputError, match="Cannot use config .*NOT_A_KEY"):
+        cli.build_predictor(str(cfg), "w.pth", [], "cpu")
+
+
 def test_cli_with_real_predictor_on_tiny_model(tmp_path):
     """End to end: a tiny random CroBIM checkpoint, a GeoTIFF larger than the model input, the real predictor."""
     import torch

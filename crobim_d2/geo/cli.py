@@ -149,8 +149,14 @@ def build_predictor(config_file: str, weights: str, opts: Sequence[str], device:
 
     cfg = get_cfg()
     add_crobim_config(cfg)
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(list(opts))
+    try:
+        cfg.merge_from_file(config_file)
+        cfg.merge_from_list(list(opts))
+    except (KeyError, ValueError, AssertionError) as e:
+        raise GeoInputError(
+            f"Cannot use config {config_file} with --opts {list(opts)} ({e}); give a CroBIM config "
+            "(projects/CroBIM/configs/) and existing keys"
+        ) from None
     cfg.MODEL.WEIGHTS = weights
     if device is not None:
         cfg.MODEL.DEVICE = device
