@@ -81,3 +81,15 @@ def test_offline_minilm_loads_from_local_package():
     assert encoder.hidden_size == 384 and encoder.bert.pooler is None
     lv, _mask = encoder(*tokens(1), torch.zeros(1, 4, 384))
     assert lv.shape == (1, 24, 384)
+
+
+def test_bert_stays_float32_under_autocast(encoder):
+    encoder.eval()
+    lang_tokens, lang_mask = tokens()
+    prompts = torch.randn(2, 4, 64)
+    with torch.no_grad():
+        expected, _ = encoder(lang_tokens, lang_mask, prompts)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            lv, _ = encoder(lang_tokens, lang_mask, prompts.bfloat16())
+    assert lv.dtype == torch.float32
+    assert torch.allclose(lv, expected, atol=1e-2)  # only the prompts were rounded to bfloat16

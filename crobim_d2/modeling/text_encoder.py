@@ -5,6 +5,8 @@ BERT: L_v = BERT([T; P_v]) of length l_m + N_p, with the attention mask extended
 Reading chosen: the prompts enter where word embeddings enter, so BERT's embedding layer adds position
 embeddings T..T+N_p-1 and token type 0 and applies its LayerNorm, exactly as for extra tokens after the
 (padded) expression. [CLS] stays at index 0. The pooler is not built (it would get no gradient under DDP).
+BERT always runs in float32, also under autocast: for ~24 tokens, casting its ~85M weights to bfloat16 on
+every call costs more than the float32 matmuls it would speed up.
 """
 
 import torch
@@ -59,6 +61,12 @@ class TextEncoder(nn.Module):
         self, lang_tokens: torch.Tensor, lang_mask: torch.Tensor, prompts: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """lang_tokens, lang_mask (N, T) int64; prompts (N, N_p, D_l) -> L_v (N, T+N_p, D_l), mask (N, T+N_p)."""
+        with torch.autocast(lang_tokens.device.type, enabled=False):
+            return self._encode(lang_tokens, lang_mask, prompts)
+
+    def _encode(
+        self, lang_tokens: torch.Tensor, lang_mask: torch.Tensor, prompts: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         embeds = self.bert.get_input_embeddings()(lang_tokens)
         mask = lang_mask
         if prompts is not None:
