@@ -162,7 +162,8 @@ class MutualInteractionDecoder(nn.Module):
     Eq. 17 reading: V^_ms + V_ms is split back into its levels, each resampled (bilinear) to H_1 x W_1 and
     summed, then a 1x1 conv gives V_out (N, D, H_1, W_1); the prediction is the per-pixel dot product of V_out with
     L_out = Linear(L^_v[CLS]) (token 0), scaled by 1/sqrt(D) so that initial logits are O(1).
-    The paper does not give the number of layers; it is configurable.
+    Eq. 15-16 describe a single pass, the default (``num_layers`` stacks more, each reading the previous
+    layer's V^_ms and L^_v).
     """
 
     @configurable
@@ -172,7 +173,7 @@ class MutualInteractionDecoder(nn.Module):
         in_channels: list[int],
         text_dim: int,
         hidden_dim: int = 256,
-        num_layers: int = 3,
+        num_layers: int = 1,
         num_heads: int = 8,
         num_points: int = 4,
         ffn_dim: int = 1024,
