@@ -93,9 +93,8 @@ class CroBIM(nn.Module):
         lang_mask = torch.stack([x["lang_mask"] for x in batched_inputs]).to(self.device)
         if self.training:
             logits = self.predict_logits(images, lang_tokens, lang_mask)
-            return crobim_loss(
-                logits, self.preprocess_masks(batched_inputs), self.loss_lambda
-            )  # upsampled inside
+            targets = self.preprocess_masks(batched_inputs)
+            return crobim_loss(logits, targets, self.loss_lambda)  # Eq. 18, on upsampled logits
         dtype = INFERENCE_DTYPES[self.inference_dtype]
         autocast = torch.autocast(self.device.type, dtype=dtype) if dtype is not None else nullcontext()
         with autocast:
