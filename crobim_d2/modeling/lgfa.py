@@ -47,9 +47,9 @@ class LanguageGuidedFusion(nn.Module):
         n, c, h, w = v.shape
         m, t = self.num_heads, lang.shape[1]
         x = v.flatten(2).transpose(1, 2)  # Flatten of Eq. 3: (N, H*W, C)
-        keys = block_diagonal(self.key(lang).view(n, t, m, c // m)).float()  # L_ik, Eq. 4: (N, M*T, C)
         values = block_diagonal(self.value(lang).view(n, t, m, c // m))  # L_iv, Eq. 4: (N, M*T, C)
         with torch.autocast(v.device.type, enabled=False):
+            keys = block_diagonal(self.key(lang.float()).view(n, t, m, c // m))  # L_ik, Eq. 4: (N, M*T, C)
             scale = (c // m) ** -0.5
             q_keys = keys @ (self.query.weight * scale)  # (N, M*T, C): omega_iq folded into the keys
             q_bias = keys @ (self.query.bias * scale)  # (N, M*T)
