@@ -125,3 +125,22 @@ def test_folded_prediction_equals_conv_resample_and_dot_product():
     l_out = mid.cls_embed(cls) / 32**0.5
     expected = torch.einsum("nehw,ne->nhw", v_out, l_out)[:, None]
     assert torch.allclose(mid.predict(fused, cls, shapes), expected, atol=1e-5)
+
+
+def test_long_softmax_stays_float32_under_bf16_autocast(monkeypatch):
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    dtypes = []
+
+    def spy(*args, **kwargs):
+        out = sdpa(*args, **kwargs)
+        dtypes.append(out.dtype)
+        return out
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    layer = build().layers[0]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        layer.lang_cross(
+            torch.randn(1, 3, 32), torch.randn(1, 50, 32), torch.randn(1, 50, 32)
+        )  # 50 visual keys
+        layer.vis_cross(torch.randn(1, 50, 32), torch.randn(1, 3, 32), torch.randn(1, 3, 32))  # 3 word keys
+    assert dtypes == [torch.float32, torch.bfloat16]

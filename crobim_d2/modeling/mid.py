@@ -1,5 +1,6 @@
 """Mutual-interaction decoder, MID (Sec. IV-C, Eq. 14-17, Fig. 8, Table VII)."""
 
+import contextlib
 import functools
 import math
 
@@ -41,9 +42,13 @@ class Attention(nn.Module):
         if self.fp32:
             q, k, v = q.float(), k.float(), v.float()
         mask = None if key_mask is None else key_mask[:, None, None, :]
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
+        precision = (
+            torch.autocast(query.device.type, enabled=False) if self.fp32 else contextlib.nullcontext()
         )
+        with precision:
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
+            )
         return self.out(out.transpose(1, 2).flatten(2).to(query.dtype))
 
 
