@@ -5,7 +5,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 # Build the CUDA kernels too when nvcc exists (it does on the project machines); 9.0 keeps it short.
-NVCC := $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
+# The toolkit's own nvcc first: the one on PATH may be a wrapper script outside the toolkit (/usr/local/bin).
+NVCC := $(shell ls /usr/local/cuda/bin/nvcc 2>/dev/null || command -v nvcc 2>/dev/null)
 ifneq ($(NVCC),)
 BUILD_ENV := FORCE_CUDA=1 CUDA_HOME=$(patsubst %/bin/nvcc,%,$(NVCC)) TORCH_CUDA_ARCH_LIST="$${TORCH_CUDA_ARCH_LIST:-9.0}"
 endif

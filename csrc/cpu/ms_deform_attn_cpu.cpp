@@ -7,7 +7,9 @@
 // AVX-512, AVX2 and baseline and picked at load time (target_clones).
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstring>
 
 #include "ms_deform_attn.h"
 
@@ -69,6 +71,77 @@ CROBIM_INLINE bool bilinear_taps(T loc_x, T loc_y, const Level& lv, Taps<T>& t) 
   return true;
 }
 
+// y += a * x over one head's channels.
+template <typename T>
+CROBIM_INLINE void axpy(T a, const T* __restrict__ x, T* __restrict__ y, int64_t d) {
+  for (int64_t c = 0; c < d; ++c) y[c] += a * x[c];
+}
+
+// x . y with independent partial sums, so that it vectorizes without reassociating (no -ffast-math).
+template <typename T>
+CROBIM_INLINE T dot_product(const T* __restrict__ x, const T* __restrict__ y, int64_t d) {
+  constexpr int kLanes = 16;
+  T part[kLanes] = {};
+  int64_t c = 0;
+  for (; c + kLanes <= d; c += kLanes) {
+    for (int j = 0; j < kLanes; ++j) part[j] += x[c + j] * y[c + j];
+  }
+  for (int j = 0; c < d; ++c, ++j) part[j] += x[c] * y[c];
+  for (int width = kLanes / 2; width > 0; width /= 2) {  // tree reduction: log-depth, not a serial chain
+    for (int j = 0; j < width; ++j) part[j] += part[j + width];
+  }
+  return part[0];
+}
+
+// One head's D = kD channels held in registers as 64-byte vectors (GCC/Clang vector extensions, split into
+// AVX2/SSE registers by the narrower clones): the fixed-size fast path for Deformable DETR's D = 32.
+template <typename T>
+struct Vec64;
+template <>
+struct Vec64<float> {
+  typedef float type __attribute__((vector_size(64)));
+  static float sum(type x) {
+    auto a = __builtin_shufflevector(x, x, 0, 1, 2, 3, 4, 5, 6, 7) +
+             __builtin_shufflevector(x, x, 8, 9, 10, 11, 12, 13, 14, 15);
+    auto b = __builtin_shufflevector(a, a, 0, 1, 2, 3) + __builtin_shufflevector(a, a, 4, 5, 6, 7);
+    auto c = __builtin_shufflevector(b, b, 0, 1) + __builtin_shufflevector(b, b, 2, 3);
+    return c[0] + c[1];
+  }
+};
+template <>
+struct Vec64<double> {
+  typedef double type __attribute__((vector_size(64)));
+  static double sum(type x) {
+    auto a = __builtin_shufflevector(x, x, 0, 1, 2, 3) + __builtin_shufflevector(x, x, 4, 5, 6, 7);
+    auto b = __builtin_shufflevector(a, a, 0, 1) + __builtin_shufflevector(a, a, 2, 3);
+    return b[0] + b[1];
+  }
+};
+
+template <typename T, int kD>
+struct Row {
+  using V = typename Vec64<T>::type;
+  static constexpr int kChunks = kD * sizeof(T) / sizeof(V);
+  static_assert(kChunks > 0 && kChunks * sizeof(V) == kD * sizeof(T), "kD must fill whole 64-byte vectors");
+  V v[kChunks];
+
+  static CROBIM_INLINE Row zeros() { return Row{}; }
+  static CROBIM_INLINE Row load(const T* p) {
+    Row r;
+    std::memcpy(r.v, p, sizeof(r.v));
+    return r;
+  }
+  CROBIM_INLINE void store(T* p) const { std::memcpy(p, v, sizeof(v)); }
+  CROBIM_INLINE void add_scaled(T a, const Row& x) {
+    for (int c = 0; c < kChunks; ++c) v[c] += a * x.v[c];
+  }
+  CROBIM_INLINE T dot(const Row& x) const {
+    V acc = v[0] * x.v[0];
+    for (int c = 1; c < kChunks; ++c) acc += v[c] * x.v[c];
+    return Vec64<T>::sum(acc);
+  }
+};
+
 std::vector<Level> read_levels(const at::Tensor& spatial_shapes, const at::Tensor& level_start_index, int64_t s) {
   const auto shapes = spatial_shapes.accessor<int64_t, 2>();
   const auto starts = level_start_index.accessor<int64_t, 1>();
@@ -83,28 +156,51 @@ std::vector<Level> read_levels(const at::Tensor& spatial_shapes, const at::Tenso
   return levels;
 }
 
-// Output rows of queries [q_begin, q_end) (flattened over batch): out[q, m, :] = sum a * bilinear(value).
+// acc += the attention-weighted bilinear samples of one (query, head), any D; value_h points at the head's channels.
 template <typename T>
+CROBIM_INLINE void sample_head(const T* value_h, const Level* levels, const T* loc_h, const T* attn_h,
+                               const Sizes& z, int64_t row_stride, T* __restrict__ acc) {
+  const int64_t d = z.d;
+  for (int64_t l = 0; l < z.levels; ++l) {
+    for (int64_t p = 0; p < z.points; ++p, loc_h += 2, ++attn_h) {
+      Taps<T> t;
+      if (!bilinear_taps(loc_h[0], loc_h[1], levels[l], t)) continue;
+      for (int k = 0; k < 4; ++k) {
+        if (t.row[k] >= 0) axpy(*attn_h * t.weight[k], value_h + t.row[k] * row_stride, acc, d);
+      }
+    }
+  }
+}
+
+// Output rows of queries [q_begin, q_end) (flattened over batch): out[q, m, :] = sum a * bilinear(value).
+// kD > 0 fixes the channel count at compile time so that the accumulator stays in registers (Row).
+template <typename T, int kD>
 CROBIM_INLINE void forward_block(const T* value, const Level* levels, const T* loc, const T* attn, T* out,
-                          const Sizes& z, int64_t q_begin, int64_t q_end) {
-  const int64_t d = z.d, row_stride = z.m * z.d, samples = z.levels * z.points;
+                                 const Sizes& z, int64_t q_begin, int64_t q_end) {
+  const int64_t d = kD > 0 ? kD : z.d, row_stride = z.m * d, samples = z.levels * z.points;
   for (int64_t nq = q_begin; nq < q_end; ++nq) {
     const T* value_n = value + (nq / z.lq) * z.s * row_stride;
     for (int64_t m = 0; m < z.m; ++m) {
       const int64_t head = nq * z.m + m;
       const T* loc_h = loc + head * samples * 2;
       const T* attn_h = attn + head * samples;
-      T* acc = out + head * d;
-      for (int64_t c = 0; c < d; ++c) acc[c] = T(0);
-      for (int64_t sp = 0; sp < samples; ++sp) {
-        Taps<T> t;
-        if (!bilinear_taps(loc_h[2 * sp], loc_h[2 * sp + 1], levels[sp / z.points], t)) continue;
-        for (int k = 0; k < 4; ++k) {
-          if (t.row[k] < 0) continue;
-          const T coef = attn_h[sp] * t.weight[k];
-          const T* v = value_n + t.row[k] * row_stride + m * d;
-          for (int64_t c = 0; c < d; ++c) acc[c] += coef * v[c];
+      if constexpr (kD > 0) {
+        const T* value_h = value_n + m * d;
+        auto acc = Row<T, kD>::zeros();
+        for (int64_t l = 0; l < z.levels; ++l) {
+          for (int64_t p = 0; p < z.points; ++p, loc_h += 2, ++attn_h) {
+            Taps<T> t;
+            if (!bilinear_taps(loc_h[0], loc_h[1], levels[l], t)) continue;
+            for (int k = 0; k < 4; ++k) {
+              if (t.row[k] >= 0) acc.add_scaled(*attn_h * t.weight[k], Row<T, kD>::load(value_h + t.row[k] * row_stride));
+            }
+          }
         }
+        acc.store(out + head * d);
+      } else {
+        T* acc = out + head * d;
+        std::fill(acc, acc + d, T(0));
+        sample_head<T>(value_n + m * d, levels, loc_h, attn_h, z, row_stride, acc);
       }
     }
   }
@@ -113,43 +209,48 @@ CROBIM_INLINE void forward_block(const T* value, const Level* levels, const T* l
 // Gradients of head (n, m) over all its queries. The value gradient of a tap is a * w * grad_out; the
 // attention gradient is the sampled value . grad_out; the location gradient differentiates the bilinear
 // weights: d/dx = a * [(1 - ly) (v1 - v0) + ly (v3 - v2)] . grad_out * W, likewise for y with H.
-template <typename T>
+template <typename T, int kD>
 CROBIM_INLINE void backward_head(const T* value, const Level* levels, const T* loc, const T* attn, const T* grad_out,
-                          T* grad_value, T* grad_loc, T* grad_attn, const Sizes& z, int64_t n, int64_t m) {
-  const int64_t d = z.d, row_stride = z.m * z.d, samples = z.levels * z.points;
+                                 T* grad_value, T* grad_loc, T* grad_attn, const Sizes& z, int64_t n, int64_t m) {
+  const int64_t d = kD > 0 ? kD : z.d, row_stride = z.m * d, samples = z.levels * z.points;
   const T* value_n = value + n * z.s * row_stride + m * d;
   T* grad_value_n = grad_value + n * z.s * row_stride + m * d;
   for (int64_t q = 0; q < z.lq; ++q) {
     const int64_t head = (n * z.lq + q) * z.m + m;
     const T* go = grad_out + head * d;
-    for (int64_t sp = 0; sp < samples; ++sp) {
-      const int64_t i = head * samples + sp;
-      const Level& lv = levels[sp / z.points];
-      Taps<T> t;
-      if (!bilinear_taps(loc[2 * i], loc[2 * i + 1], lv, t)) {
-        grad_attn[i] = T(0);
-        grad_loc[2 * i] = T(0);
-        grad_loc[2 * i + 1] = T(0);
-        continue;
-      }
-      const T a = attn[i];
-      T dot[4] = {T(0), T(0), T(0), T(0)};  // v_k . grad_out
-      for (int k = 0; k < 4; ++k) {
-        if (t.row[k] < 0) continue;
-        const T* v = value_n + t.row[k] * row_stride;
-        T* gv = grad_value_n + t.row[k] * row_stride;
-        const T coef = a * t.weight[k];
-        T s = T(0);
-        for (int64_t c = 0; c < d; ++c) {
-          s += v[c] * go[c];
-          gv[c] += coef * go[c];
+    int64_t i = head * samples;
+    for (int64_t l = 0; l < z.levels; ++l) {
+      const Level& lv = levels[l];
+      for (int64_t p = 0; p < z.points; ++p, ++i) {
+        Taps<T> t;
+        if (!bilinear_taps(loc[2 * i], loc[2 * i + 1], lv, t)) {
+          grad_attn[i] = T(0);
+          grad_loc[2 * i] = T(0);
+          grad_loc[2 * i + 1] = T(0);
+          continue;
         }
-        dot[k] = s;
+        const T a = attn[i];
+        T dot[4] = {T(0), T(0), T(0), T(0)};  // v_k . grad_out
+        for (int k = 0; k < 4; ++k) {
+          if (t.row[k] < 0) continue;
+          const T* v = value_n + t.row[k] * row_stride;
+          T* gv = grad_value_n + t.row[k] * row_stride;
+          if constexpr (kD > 0) {
+            const auto g = Row<T, kD>::load(go);
+            dot[k] = g.dot(Row<T, kD>::load(v));
+            auto acc = Row<T, kD>::load(gv);
+            acc.add_scaled(a * t.weight[k], g);
+            acc.store(gv);
+          } else {
+            dot[k] = dot_product(v, go, d);
+            axpy(a * t.weight[k], go, gv, d);
+          }
+        }
+        const T hx = T(1) - t.lx, hy = T(1) - t.ly;
+        grad_attn[i] = t.weight[0] * dot[0] + t.weight[1] * dot[1] + t.weight[2] * dot[2] + t.weight[3] * dot[3];
+        grad_loc[2 * i] = a * (hy * (dot[1] - dot[0]) + t.ly * (dot[3] - dot[2])) * static_cast<T>(lv.w);
+        grad_loc[2 * i + 1] = a * (hx * (dot[2] - dot[0]) + t.lx * (dot[3] - dot[1])) * static_cast<T>(lv.h);
       }
-      const T hx = T(1) - t.lx, hy = T(1) - t.ly;
-      grad_attn[i] = t.weight[0] * dot[0] + t.weight[1] * dot[1] + t.weight[2] * dot[2] + t.weight[3] * dot[3];
-      grad_loc[2 * i] = a * (hy * (dot[1] - dot[0]) + t.ly * (dot[3] - dot[2])) * static_cast<T>(lv.w);
-      grad_loc[2 * i + 1] = a * (hx * (dot[2] - dot[0]) + t.lx * (dot[3] - dot[1])) * static_cast<T>(lv.h);
     }
   }
 }
@@ -158,12 +259,14 @@ CROBIM_INLINE void backward_head(const T* value, const Level* levels, const T* l
 #define CROBIM_DEFINE_ENTRIES(T)                                                                               \
   CROBIM_MULTIVERSION void forward_block_##T(const T* value, const Level* levels, const T* loc, const T* attn, \
                                              T* out, const Sizes& z, int64_t b, int64_t e) {                   \
-    forward_block<T>(value, levels, loc, attn, out, z, b, e);                                                  \
+    if (z.d == 32) return forward_block<T, 32>(value, levels, loc, attn, out, z, b, e);                        \
+    forward_block<T, 0>(value, levels, loc, attn, out, z, b, e);                                               \
   }                                                                                                            \
   CROBIM_MULTIVERSION void backward_head_##T(const T* value, const Level* levels, const T* loc, const T* attn, \
                                              const T* go, T* gv, T* gl, T* ga, const Sizes& z, int64_t n,      \
                                              int64_t m) {                                                      \
-    backward_head<T>(value, levels, loc, attn, go, gv, gl, ga, z, n, m);                                       \
+    if (z.d == 32) return backward_head<T, 32>(value, levels, loc, attn, go, gv, gl, ga, z, n, m);             \
+    backward_head<T, 0>(value, levels, loc, attn, go, gv, gl, ga, z, n, m);                                    \
   }
 CROBIM_DEFINE_ENTRIES(float)
 CROBIM_DEFINE_ENTRIES(double)

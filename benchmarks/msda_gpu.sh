@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The prepared GPU check of the multi-scale deformable attention op (see csrc/README.md): builds crobim_d2._C
+# in place for this machine's torch with the CUDA kernels, runs the op's tests (CPU and CUDA) and the benchmark
+# (CUDA kernel vs reference at batch 32, achieved bandwidth). Needs torch, nvcc and pytest; not detectron2.
+#   bash benchmarks/msda_gpu.sh            # JSON to $OUT/msda_gpu.json if OUT is set, else output/benchmarks/
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python}
+export FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
+export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
+"$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"
+"$PY" setup.py -q build_ext --inplace
+"$PY" -m pytest -q -p no:cacheprovider tests/test_ms_deform_attn.py
+"$PY" benchmarks/msda.py --skip-cpu --repeats 10 --output "${OUT:-output/benchmarks}/msda_gpu.json"
