@@ -1,4 +1,4 @@
-"""LanguageGuidedFeatureAggregation: per-stage fusion (Eq. 3-7) and attention deficit compensation (Eq. 8-13)."""
+"""LanguageGuidedFeatureAggregation: per-stage fusion (Eq. 3-7), attention deficit compensation (Eq. 8-13)."""
 
 import pytest
 import torch

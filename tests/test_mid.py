@@ -1,4 +1,4 @@
-"""MutualInteractionDecoder: cascaded bidirectional attention + MSDeformAttn -> res2 mask logits (Eq. 14-17)."""
+"""MutualInteractionDecoder: cascaded bidirectional attention + MSDeformAttn -> res2 logits (Eq. 14-17)."""
 
 import warnings
 

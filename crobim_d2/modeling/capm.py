@@ -12,7 +12,7 @@ POOL_TYPES = ("adaptive_avg", "avg", "max")
 
 
 def stage_indices(names: Sequence[str], in_features: Sequence[str], key: str) -> list[int]:
-    """Map feature names (e.g. "res2") of config key ``key`` to their positions in MODEL.CROBIM.IN_FEATURES."""
+    """Positions in MODEL.CROBIM.IN_FEATURES of the feature names (e.g. "res2") of config key ``key``."""
     unknown = [n for n in names if n not in in_features]
     if unknown:
         raise ValueError(
@@ -43,9 +43,9 @@ class ContextAwarePromptModulation(nn.Module):
     tokens, and maps with different C_i cannot be stacked as tokens of one width. Reading chosen: every scale
     is pooled to s x s, each pooled location becomes one token, and each scale has its own linear projection
     C_i -> D_l (so V_e has |scales| * s^2 tokens of width D_l), plus a learned embedding per token that tells
-    the attention which scale and which pooled cell it comes from. The alternative reading (concatenate the C_i
-    channels per pooled cell, s^2 tokens of C_total) degenerates at the paper's s = 1: a single key makes the
-    softmax constant, so every prompt would receive the same vector and P would have no effect.
+    the attention which scale and which pooled cell it comes from. The alternative reading (concatenate the
+    C_i channels per pooled cell, s^2 tokens of C_total) degenerates at the paper's s = 1: a single key makes
+    the softmax constant, so every prompt would receive the same vector and P would have no effect.
 
     Pool types (Table V(b)): "adaptive_avg" (paper) = adaptive average pooling to s x s; "max" = adaptive max
     pooling; "avg" = plain average pooling with fixed, non-overlapping kernel = stride = floor(H_i / s), which
@@ -73,7 +73,7 @@ class ContextAwarePromptModulation(nn.Module):
             )
         if not scales or any(not 0 <= i < len(in_channels) for i in scales):
             raise ValueError(
-                f"CAPM scales {list(scales)} must be a non-empty subset of the {len(in_channels)} input levels."
+                f"CAPM scales {list(scales)} must be a non-empty subset of the {len(in_channels)} levels."
             )
         if pool_size < 1 or num_prompts < 1:
             raise ValueError(

@@ -22,7 +22,7 @@ def crobim_loss(logits: torch.Tensor, target: torch.Tensor, lambda_: float = 0.9
         raise ValueError(f"crobim_loss expects logits of shape (N, 1, h, w), got {tuple(logits.shape)}.")
     if target.dim() != 3 or target.shape[0] != logits.shape[0]:
         raise ValueError(
-            f"crobim_loss expects targets of shape (N, H, W) with N={logits.shape[0]}, got {tuple(target.shape)}."
+            f"crobim_loss expects targets of shape (N, H, W), N={logits.shape[0]}, got {tuple(target.shape)}."
         )
     if not 0.0 <= lambda_ <= 1.0:
         raise ValueError(f"MODEL.CROBIM.LOSS_LAMBDA must lie in [0, 1], got {lambda_}.")

@@ -63,9 +63,9 @@ class MutualInteractionLayer(nn.Module):
     """One decoder layer: language <- vision (Eq. 15), then vision <- language (Eq. 16).
 
     Every sub-layer is post-norm: x = LN(x + Dropout(sublayer(x))). ``attention`` selects the scheme of
-    Table VII: "cascaded" (CBAM, paper) updates the language from the vision first and lets the vision read the
-    updated language; "parallel" (WPA-style) lets both directions read the layer's inputs; "unidirectional"
-    (PWAM-style) only updates the vision, and the language sub-layers are not built.
+    Table VII: "cascaded" (CBAM, paper) updates the language from the vision first and lets the vision read
+    the updated language; "parallel" (WPA-style) lets both directions read the layer's inputs;
+    "unidirectional" (PWAM-style) only updates the vision, and the language sub-layers are not built.
     """
 
     def __init__(
@@ -160,13 +160,14 @@ def sine_position_encoding(h: int, w: int, dim: int, device: torch.device) -> to
 class MutualInteractionDecoder(nn.Module):
     """Cascaded bidirectional vision-language decoder producing the mask logits at res2 resolution.
 
-    Eq. 14: every level is projected to D (1x1 conv, run as a linear layer on tokens, + LayerNorm), flattened and concatenated into V_ms
-    (sum_i H_i W_i tokens) with a sine position encoding plus a learned level embedding; L_v is projected
-    from D_l to D. The layers cross-attend between the 20+N_p language tokens and all V_ms tokens and run
-    multi-scale deformable attention over V_ms: nothing attends densely from V_ms to V_ms.
+    Eq. 14: every level is projected to D (a 1x1 conv, run as a linear layer on tokens, + LayerNorm),
+    flattened and concatenated into V_ms (sum_i H_i W_i tokens) with a sine position encoding plus a learned
+    level embedding; L_v is projected from D_l to D. The layers cross-attend between the l_m + N_p language
+    tokens and all V_ms tokens and run multi-scale deformable attention over V_ms: nothing attends densely
+    from V_ms to V_ms. Padded words are masked as keys everywhere (as queries they never reach the output).
     Eq. 17 reading: V^_ms + V_ms is split back into its levels, each resampled (bilinear) to H_1 x W_1 and
-    summed, then a 1x1 conv gives V_out (N, D, H_1, W_1); the prediction is the per-pixel dot product of V_out with
-    L_out = Linear(L^_v[CLS]) (token 0), scaled by 1/sqrt(D) so that initial logits are O(1).
+    summed, then a 1x1 conv gives V_out (N, D, H_1, W_1); the prediction is the per-pixel dot product of
+    V_out with L_out = Linear(L^_v[CLS]) (token 0), scaled by 1/sqrt(D) so that initial logits are O(1).
     Eq. 15-16 describe a single pass, the default (``num_layers`` stacks more, each reading the previous
     layer's V^_ms and L^_v).
     """
@@ -231,7 +232,7 @@ class MutualInteractionDecoder(nn.Module):
     def forward(
         self, features: list[torch.Tensor], lang: torch.Tensor, lang_mask: torch.Tensor
     ) -> torch.Tensor:
-        """features V_l1..V_l4 (N, C_i, H_i, W_i), lang L_v (N, T, D_l), lang_mask (N, T) -> (N, 1, H_1, W_1)."""
+        """features V_l1..V_l4 (N, C_i, H_i, W_i), L_v (N, T, D_l), lang_mask (N, T) -> (N, 1, H_1, W_1)."""
         if len(features) != len(self.input_proj):
             raise ValueError(f"MID was built for {len(self.input_proj)} levels, got {len(features)}.")
         shapes = [f.shape[-2:] for f in features]
@@ -256,7 +257,8 @@ class MutualInteractionDecoder(nn.Module):
     def predict(self, fused: torch.Tensor, cls: torch.Tensor, shapes: list[torch.Size]) -> torch.Tensor:
         """Eq. 17 on fused (N, S, D) and the [CLS] token (N, D) -> logits (N, 1, H_1, W_1), in float32.
 
-        Y^ = <Resample(W V + b), L_out> is linear in V, so it is computed as Resample(<V, W^T L_out>) + <b, L_out>:
+        Y^ = <Resample(W V + b), L_out> is linear in V, so it is computed as
+        Resample(<V, W^T L_out>) + <b, L_out>:
         one scalar per token before resampling instead of a D-channel map at H_1 x W_1 (same result).
         """
         with torch.autocast(fused.device.type, enabled=False):
