@@ -11,7 +11,9 @@ float32 masks. Each (config, measurement) runs in its own subprocess so that its
 
 Inputs for the agreement check are smooth random images (low-resolution noise, upsampled) with random
 expressions: with random weights the masks are arbitrary but deterministic, so the IoU measures how far
-bfloat16 moves the decision boundary. Timings are noisy on shared CPUs.
+bfloat16 moves the decision boundary. Timings are noisy on shared CPUs: each inference run also times the timm
+backbone alone, interleaved, and reports CroBIM's time relative to it ("ratio") and that ratio times the
+backbone's idle-machine time ("idle estimate"); the load average after each measurement goes into the JSON.
 """
 
 import argparse
@@ -26,6 +28,13 @@ import time
 CONFIGS = {
     "swin_b": "projects/CroBIM/configs/rrsisd/crobim_swin_b.yaml",
     "convnext_b": "projects/CroBIM/configs/rrsisd/crobim_convnext_b.yaml",
+}
+# timm backbones timed alongside CroBIM: (timm name, kwargs, s/image fp32 and bf16 on an idle machine with
+# 2 threads, as measured for the issue). CroBIM's time over the backbone's, measured interleaved, times the
+# idle-machine backbone time estimates CroBIM's idle-machine time when other jobs share the CPUs.
+REFERENCES = {
+    "swin_b": ("swin_base_patch4_window12_384", {"img_size": 480}, {"float32": 1.11, "bfloat16": 0.44}),
+    "convnext_b": ("convnext_base", {}, {"float32": 0.76, "bfloat16": 0.24}),
 }
 COMPONENTS = ("backbone", "text_encoder", "capm", "lgfa", "mid")
 MODES = ("infer_float32", "infer_bfloat16", "infer_msda_pytorch", "train", "agreement")
@@ -95,20 +104,39 @@ def time_components(model) -> dict:
     return totals
 
 
-def run_inference(model, cfg, dtype: str, repeats: int) -> dict:
+def build_reference(config: str):
+    import timm
+
+    name, kwargs, _ = REFERENCES[config]
+    return timm.create_model(name, pretrained=False, num_classes=0, **kwargs).eval()
+
+
+def run_inference(model, cfg, dtype: str, repeats: int, reference, reference_seconds: float) -> dict:
+    """CroBIM and the timm backbone alone, timed interleaved so that both see the same CPU load."""
     import torch
 
     model.inference_dtype = dtype
     inputs = make_inputs(cfg, 1, seed=0)
+    x = torch.randn(1, 3, cfg.INPUT.IMAGE_SIZE, cfg.INPUT.IMAGE_SIZE)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16")
     with torch.inference_mode():
         for _ in range(2):  # warm-up: oneDNN builds its bf16 kernels for each new shape on first use
             model(inputs)
+            with autocast:
+                reference.forward_features(x)
         totals = time_components(model)
-        start = time.perf_counter()
+        elapsed = elapsed_ref = 0.0
         for _ in range(repeats):
+            start = time.perf_counter()
             model(inputs)
-        elapsed = time.perf_counter() - start
-    result = {"seconds_per_image": elapsed / repeats}
+            mid = time.perf_counter()
+            with autocast:
+                reference.forward_features(x)
+            elapsed += mid - start
+            elapsed_ref += time.perf_counter() - mid
+    result = {"seconds_per_image": elapsed / repeats, "backbone_alone_seconds": elapsed_ref / repeats}
+    result["ratio_to_backbone_alone"] = elapsed / elapsed_ref
+    result["idle_estimate_seconds"] = result["ratio_to_backbone_alone"] * reference_seconds
     result["share"] = {k: v / elapsed for k, v in totals.items()}
     result["share"]["other"] = 1.0 - sum(result["share"].values())
     return result
@@ -156,13 +184,15 @@ def worker(args) -> dict:
     torch.set_num_threads(args.threads)
     model, cfg = build(CONFIGS[args.config], "pytorch" if args.mode == "infer_msda_pytorch" else "auto")
     model.eval()
+    dtype = "bfloat16" if args.mode == "infer_bfloat16" else "float32"
+    reference = build_reference(args.config) if args.mode.startswith("infer") else None
     built_rss = peak_rss_mib()
     result = {"config": args.config, "mode": args.mode, "model_rss_mib": built_rss}
     result["params_m"] = {k: sum(p.numel() for p in getattr(model, k).parameters()) / 1e6 for k in COMPONENTS}
     result["params_m"]["total"] = sum(p.numel() for p in model.parameters()) / 1e6
     if args.mode.startswith("infer"):
-        dtype = "bfloat16" if args.mode == "infer_bfloat16" else "float32"
-        result.update(run_inference(model, cfg, dtype, args.repeats))
+        reference_seconds = REFERENCES[args.config][2][dtype]
+        result.update(run_inference(model, cfg, dtype, args.repeats, reference, reference_seconds))
     elif args.mode == "train":
         result.update(run_train(model, cfg, args.train_repeats))
     else:
@@ -186,28 +216,32 @@ def fmt(x: float, digits: int = 2) -> str:
 
 def print_table(results: dict) -> None:
     print(
-        "| config | params (M) | fp32 s/img | bf16 s/img | msda pytorch s/img | train s/step (b=2) "
-        "| peak MiB fp32 / bf16 / train | bf16 vs fp32 IoU (n) |"
+        "| config | params (M) | train s/step (b=2) | peak MiB infer fp32 / bf16 / train | bf16 vs fp32 IoU (n) |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|")
     for name, r in results.items():
-        fp, bf, pt, tr, ag = (r.get(m, {}) for m in MODES)
+        fp, bf, tr, ag = (r.get(m, {}) for m in ("infer_float32", "infer_bfloat16", "train", "agreement"))
+        params = next((x["params_m"]["total"] for x in r.values()), None)
         peaks = " / ".join(fmt(x.get("peak_mib"), 0) for x in (fp, bf, tr))
         iou = f"{fmt(ag.get('mean_iou'), 4)} ({ag.get('num_inputs', '-')})"
-        print(
-            f"| {name} | {fmt(fp.get('params_m', {}).get('total'), 1)} | {fmt(fp.get('seconds_per_image'))} "
-            f"| {fmt(bf.get('seconds_per_image'))} | {fmt(pt.get('seconds_per_image'))} "
-            f"| {fmt(tr.get('seconds_per_step'))} | {peaks} | {iou} |"
-        )
+        print(f"| {name} | {fmt(params, 1)} | {fmt(tr.get('seconds_per_step'))} | {peaks} | {iou} |")
     print()
-    print("| config | dtype | " + " | ".join(COMPONENTS) + " | other |")
-    print("|---|---|" + "---|" * (len(COMPONENTS) + 1))
+    print(
+        "| config | inference | s/img | timm backbone alone s/img | ratio | idle estimate s/img | "
+        + " | ".join(COMPONENTS)
+        + " | other |"
+    )
+    print("|---|---|---|---|---|---|" + "---|" * (len(COMPONENTS) + 1))
+    labels = {"infer_float32": "fp32", "infer_bfloat16": "bf16", "infer_msda_pytorch": "fp32, MSDA pytorch"}
     for name, r in results.items():
-        for mode in ("infer_float32", "infer_bfloat16"):
+        for mode, label in labels.items():
             if mode in r:
-                share = r[mode]["share"]
-                cells = " | ".join(f"{100 * share[k]:.0f}%" for k in (*COMPONENTS, "other"))
-                print(f"| {name} | {mode.split('_')[1]} | {cells} |")
+                x = r[mode]
+                cells = " | ".join(f"{100 * x['share'][k]:.0f}%" for k in (*COMPONENTS, "other"))
+                print(
+                    f"| {name} | {label} | {fmt(x['seconds_per_image'])} | {fmt(x['backbone_alone_seconds'])} "
+                    f"| {fmt(x['ratio_to_backbone_alone'])} | {fmt(x['idle_estimate_seconds'])} | {cells} |"
+                )
 
 
 def main() -> None:
