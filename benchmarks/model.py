@@ -272,6 +272,9 @@ def main() -> None:
     os.makedirs(os.path.dirname(args.output) or ".", exist_ok=True)
     settings = {k: getattr(args, k) for k in ("threads", "repeats", "train_repeats", "num_agreement")}
     settings["cpu_count"] = os.cpu_count()
+    from crobim_d2.modeling import ops
+
+    settings["msda_extension"] = ops.extension_info()
     with open(args.output, "w") as f:
         json.dump({"settings": settings, "results": results}, f, indent=2)
     print(f"wrote {args.output}")
