@@ -33,6 +33,7 @@ namespace {
 
 struct Sizes {
   int64_t n, s, m, d, lq, levels, points;
+  const int32_t* level_of;  // level of each of the L * P samples of a head
 };
 
 struct Level {
@@ -120,24 +121,28 @@ struct Vec64<double> {
 
 template <typename T, int kD>
 struct Row {
+  // One vector of the whole row: a single SSA value stays in registers (an array of vectors would not).
+  typedef T W __attribute__((vector_size(sizeof(T) * kD)));
   using V = typename Vec64<T>::type;
-  static constexpr int kChunks = kD * sizeof(T) / sizeof(V);
-  static_assert(kChunks > 0 && kChunks * sizeof(V) == kD * sizeof(T), "kD must fill whole 64-byte vectors");
-  V v[kChunks];
+  static constexpr int kChunks = sizeof(W) / sizeof(V);
+  static_assert(kChunks > 0 && kChunks * sizeof(V) == sizeof(W), "kD must fill whole 64-byte vectors");
+  W v;
 
   static CROBIM_INLINE Row zeros() { return Row{}; }
   static CROBIM_INLINE Row load(const T* p) {
     Row r;
-    std::memcpy(r.v, p, sizeof(r.v));
+    std::memcpy(&r.v, p, sizeof(W));
     return r;
   }
-  CROBIM_INLINE void store(T* p) const { std::memcpy(p, v, sizeof(v)); }
-  CROBIM_INLINE void add_scaled(T a, const Row& x) {
-    for (int c = 0; c < kChunks; ++c) v[c] += a * x.v[c];
-  }
+  CROBIM_INLINE void store(T* p) const { std::memcpy(p, &v, sizeof(W)); }
+  CROBIM_INLINE void add_scaled(T a, const Row& x) { v += a * x.v; }
   CROBIM_INLINE T dot(const Row& x) const {
-    V acc = v[0] * x.v[0];
-    for (int c = 1; c < kChunks; ++c) acc += v[c] * x.v[c];
+    const W prod = v * x.v;
+    V parts[kChunks];
+    std::memcpy(parts, &prod, sizeof(W));
+    V acc = parts[0];
+#pragma GCC unroll 8
+    for (int c = 1; c < kChunks; ++c) acc += parts[c];
     return Vec64<T>::sum(acc);
   }
 };
@@ -156,18 +161,30 @@ std::vector<Level> read_levels(const at::Tensor& spatial_shapes, const at::Tenso
   return levels;
 }
 
-// acc += the attention-weighted bilinear samples of one (query, head), any D; value_h points at the head's channels.
+// Samples whose taps are computed (and whose rows are prefetched) before any of them is used, so that the
+// memory system fetches the value rows of many samples at once instead of one tap at a time.
+constexpr int64_t kBatch = 16;
+
+inline void prefetch_row(const void* row, int64_t bytes, bool write) {
+  const char* p = static_cast<const char*>(row);
+  for (int64_t b = 0; b < bytes; b += 64) write ? __builtin_prefetch(p + b, 1) : __builtin_prefetch(p + b);
+}
+
+// Taps of samples [begin, end) of one head (loc_h: its locations), prefetching the rows they read from
+// value_h and, in backward, write in grad_value_h.
 template <typename T>
-CROBIM_INLINE void sample_head(const T* value_h, const Level* levels, const T* loc_h, const T* attn_h,
-                               const Sizes& z, int64_t row_stride, T* __restrict__ acc) {
-  const int64_t d = z.d;
-  for (int64_t l = 0; l < z.levels; ++l) {
-    for (int64_t p = 0; p < z.points; ++p, loc_h += 2, ++attn_h) {
-      Taps<T> t;
-      if (!bilinear_taps(loc_h[0], loc_h[1], levels[l], t)) continue;
-      for (int k = 0; k < 4; ++k) {
-        if (t.row[k] >= 0) axpy(*attn_h * t.weight[k], value_h + t.row[k] * row_stride, acc, d);
-      }
+CROBIM_INLINE void batch_taps(const T* loc_h, const Level* levels, const Sizes& z, int64_t begin, int64_t end,
+                              int64_t row_stride, const T* value_h, const T* grad_value_h, Taps<T>* taps,
+                              bool* ok) {
+  const int64_t row_bytes = z.d * static_cast<int64_t>(sizeof(T));
+  for (int64_t s = begin; s < end; ++s) {
+    Taps<T>& t = taps[s - begin];
+    ok[s - begin] = bilinear_taps(loc_h[2 * s], loc_h[2 * s + 1], levels[z.level_of[s]], t);
+    if (!ok[s - begin]) continue;
+    for (int k = 0; k < 4; ++k) {
+      if (t.row[k] < 0) continue;
+      prefetch_row(value_h + t.row[k] * row_stride, row_bytes, false);
+      if (grad_value_h != nullptr) prefetch_row(grad_value_h + t.row[k] * row_stride, row_bytes, true);
     }
   }
 }
@@ -178,30 +195,37 @@ template <typename T, int kD>
 CROBIM_INLINE void forward_block(const T* value, const Level* levels, const T* loc, const T* attn, T* out,
                                  const Sizes& z, int64_t q_begin, int64_t q_end) {
   const int64_t d = kD > 0 ? kD : z.d, row_stride = z.m * d, samples = z.levels * z.points;
+  Taps<T> taps[kBatch];
+  bool ok[kBatch];
   for (int64_t nq = q_begin; nq < q_end; ++nq) {
     const T* value_n = value + (nq / z.lq) * z.s * row_stride;
     for (int64_t m = 0; m < z.m; ++m) {
       const int64_t head = nq * z.m + m;
       const T* loc_h = loc + head * samples * 2;
       const T* attn_h = attn + head * samples;
-      if constexpr (kD > 0) {
-        const T* value_h = value_n + m * d;
-        auto acc = Row<T, kD>::zeros();
-        for (int64_t l = 0; l < z.levels; ++l) {
-          for (int64_t p = 0; p < z.points; ++p, loc_h += 2, ++attn_h) {
-            Taps<T> t;
-            if (!bilinear_taps(loc_h[0], loc_h[1], levels[l], t)) continue;
-            for (int k = 0; k < 4; ++k) {
-              if (t.row[k] >= 0) acc.add_scaled(*attn_h * t.weight[k], Row<T, kD>::load(value_h + t.row[k] * row_stride));
+      const T* value_h = value_n + m * d;
+      auto acc = Row<T, (kD > 0 ? kD : 16)>::zeros();  // unused when kD == 0
+      T* out_h = out + head * d;
+      if constexpr (kD == 0) std::fill(out_h, out_h + d, T(0));
+      for (int64_t s0 = 0; s0 < samples; s0 += kBatch) {
+        const int64_t s1 = std::min(samples, s0 + kBatch);
+        batch_taps<T>(loc_h, levels, z, s0, s1, row_stride, value_h, nullptr, taps, ok);
+        for (int64_t s = s0; s < s1; ++s) {
+          if (!ok[s - s0]) continue;
+          const Taps<T>& t = taps[s - s0];
+          for (int k = 0; k < 4; ++k) {
+            if (t.row[k] < 0) continue;
+            const T coef = attn_h[s] * t.weight[k];
+            const T* v = value_h + t.row[k] * row_stride;
+            if constexpr (kD > 0) {
+              acc.add_scaled(coef, Row<T, kD>::load(v));
+            } else {
+              axpy(coef, v, out_h, d);
             }
           }
         }
-        acc.store(out + head * d);
-      } else {
-        T* acc = out + head * d;
-        std::fill(acc, acc + d, T(0));
-        sample_head<T>(value_n + m * d, levels, loc_h, attn_h, z, row_stride, acc);
       }
+      if constexpr (kD > 0) acc.store(out_h);
     }
   }
 }
@@ -215,20 +239,28 @@ CROBIM_INLINE void backward_head(const T* value, const Level* levels, const T* l
   const int64_t d = kD > 0 ? kD : z.d, row_stride = z.m * d, samples = z.levels * z.points;
   const T* value_n = value + n * z.s * row_stride + m * d;
   T* grad_value_n = grad_value + n * z.s * row_stride + m * d;
+  Taps<T> taps[kBatch];
+  bool ok[kBatch];
   for (int64_t q = 0; q < z.lq; ++q) {
     const int64_t head = (n * z.lq + q) * z.m + m;
     const T* go = grad_out + head * d;
-    int64_t i = head * samples;
-    for (int64_t l = 0; l < z.levels; ++l) {
-      const Level& lv = levels[l];
-      for (int64_t p = 0; p < z.points; ++p, ++i) {
-        Taps<T> t;
-        if (!bilinear_taps(loc[2 * i], loc[2 * i + 1], lv, t)) {
+    const T* loc_h = loc + head * samples * 2;
+    if (q + 1 < z.lq) {  // the next query's locations of this head are M heads further on
+      prefetch_row(loc_h + z.m * samples * 2, samples * 2 * static_cast<int64_t>(sizeof(T)), false);
+      prefetch_row(go + z.m * d, d * static_cast<int64_t>(sizeof(T)), false);
+    }
+    for (int64_t s0 = 0; s0 < samples; s0 += kBatch) {
+      const int64_t s1 = std::min(samples, s0 + kBatch);
+      batch_taps<T>(loc_h, levels, z, s0, s1, row_stride, value_n, grad_value_n, taps, ok);
+      for (int64_t s = s0; s < s1; ++s) {
+        const int64_t i = head * samples + s;
+        if (!ok[s - s0]) {
           grad_attn[i] = T(0);
           grad_loc[2 * i] = T(0);
           grad_loc[2 * i + 1] = T(0);
           continue;
         }
+        const Taps<T>& t = taps[s - s0];
         const T a = attn[i];
         T dot[4] = {T(0), T(0), T(0), T(0)};  // v_k . grad_out
         for (int k = 0; k < 4; ++k) {
@@ -246,6 +278,7 @@ CROBIM_INLINE void backward_head(const T* value, const Level* levels, const T* l
             axpy(a * t.weight[k], go, gv, d);
           }
         }
+        const Level& lv = levels[z.level_of[s]];
         const T hx = T(1) - t.lx, hy = T(1) - t.ly;
         grad_attn[i] = t.weight[0] * dot[0] + t.weight[1] * dot[1] + t.weight[2] * dot[2] + t.weight[3] * dot[3];
         grad_loc[2 * i] = a * (hy * (dot[1] - dot[0]) + t.ly * (dot[3] - dot[2])) * static_cast<T>(lv.w);
@@ -289,9 +322,12 @@ inline void backward_entry(const double* v, const Level* lv, const double* l, co
   backward_head_double(v, lv, l, a, go, gv, gl, ga, z, n, m);
 }
 
-Sizes sizes_of(const at::Tensor& value, const at::Tensor& sampling_loc) {
-  return {value.size(0), value.size(1), value.size(2), value.size(3), sampling_loc.size(1), sampling_loc.size(3),
-          sampling_loc.size(4)};
+Sizes sizes_of(const at::Tensor& value, const at::Tensor& sampling_loc, std::vector<int32_t>& level_of) {
+  const int64_t levels = sampling_loc.size(3), points = sampling_loc.size(4);
+  level_of.resize(levels * points);
+  for (int64_t s = 0; s < levels * points; ++s) level_of[s] = static_cast<int32_t>(s / points);
+  return {value.size(0), value.size(1), value.size(2), value.size(3), sampling_loc.size(1), levels, points,
+          level_of.data()};
 }
 
 }  // namespace
@@ -300,7 +336,8 @@ at::Tensor ms_deform_attn_forward_cpu(const at::Tensor& value, const at::Tensor&
                                       const at::Tensor& level_start_index, const at::Tensor& sampling_loc,
                                       const at::Tensor& attn_weight) {
   check_inputs(value, spatial_shapes, level_start_index, sampling_loc, attn_weight);
-  const Sizes z = sizes_of(value, sampling_loc);
+  std::vector<int32_t> level_of;
+  const Sizes z = sizes_of(value, sampling_loc, level_of);
   const auto levels = read_levels(spatial_shapes, level_start_index, z.s);
   auto output = at::empty({z.n, z.lq, z.m * z.d}, value.options());
   // About 64 queries per task: enough work to amortize scheduling, small enough to balance threads.
@@ -322,7 +359,8 @@ std::vector<at::Tensor> ms_deform_attn_backward_cpu(const at::Tensor& value, con
                                                     const at::Tensor& grad_output) {
   check_inputs(value, spatial_shapes, level_start_index, sampling_loc, attn_weight);
   check_grad_output(value, sampling_loc, grad_output);
-  const Sizes z = sizes_of(value, sampling_loc);
+  std::vector<int32_t> level_of;
+  const Sizes z = sizes_of(value, sampling_loc, level_of);
   const auto levels = read_levels(spatial_shapes, level_start_index, z.s);
   auto grad_value = at::zeros_like(value);
   auto grad_loc = at::empty_like(sampling_loc);
