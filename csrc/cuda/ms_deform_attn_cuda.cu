@@ -56,6 +56,9 @@ __device__ __forceinline__ bool bilinear_taps(T loc_x, T loc_y, int64_t h, int64
   return true;
 }
 
+// 32-bit division: the 64-bit one is emulated in many instructions.
+__device__ __forceinline__ int level_of(int64_t sample, int points) { return static_cast<int>(sample) / points; }
+
 template <typename T>
 __device__ __forceinline__ T warp_sum(T v) {
 #pragma unroll
@@ -77,16 +80,17 @@ __global__ void forward_kernel(const scalar_t* __restrict__ value, const int64_t
   for (int64_t c0 = 0; c0 < z.d; c0 += kWarp) {
     const int64_t c = c0 + lane;
     acc_t acc = acc_t(0);
-    for (int64_t sp = 0; sp < samples; ++sp) {
-      const int64_t l = sp / z.points;
-      Taps<acc_t> t;
-      if (c >= z.d || !bilinear_taps(loc_h[2 * sp], loc_h[2 * sp + 1], shapes[2 * l], shapes[2 * l + 1], starts[l], t)) {
-        continue;
-      }
-      const acc_t a = attn_h[sp];
+    int64_t sp = 0;
+    for (int l = 0; l < z.levels; ++l) {
+      const int64_t h = shapes[2 * l], w = shapes[2 * l + 1], start = starts[l];
+      for (int p = 0; p < z.points; ++p, ++sp) {
+        Taps<acc_t> t;
+        if (c >= z.d || !bilinear_taps(loc_h[2 * sp], loc_h[2 * sp + 1], h, w, start, t)) continue;
+        const acc_t a = attn_h[sp];
 #pragma unroll
-      for (int k = 0; k < 4; ++k) {
-        if (t.row[k] >= 0) acc += a * t.weight[k] * static_cast<acc_t>(value_h[t.row[k] * row_stride + c]);
+        for (int k = 0; k < 4; ++k) {
+          if (t.row[k] >= 0) acc += a * t.weight[k] * static_cast<acc_t>(value_h[t.row[k] * row_stride + c]);
+        }
       }
     }
     if (c < z.d) out[head * z.d + c] = static_cast<scalar_t>(acc);
@@ -109,8 +113,8 @@ __global__ void backward_kernel(const scalar_t* __restrict__ value, const int64_
   acc_t* grad_value_h = grad_value + offset;
   const scalar_t* go = grad_out + head * z.d;
   for (int64_t sp = 0; sp < samples; ++sp) {
-    const int64_t i = head * samples + sp, l = sp / z.points;
-    const int64_t w = shapes[2 * l + 1], h = shapes[2 * l];
+    const int l = level_of(sp, z.points);
+    const int64_t i = head * samples + sp, w = shapes[2 * l + 1], h = shapes[2 * l];
     Taps<acc_t> t;
     if (!bilinear_taps(loc[2 * i], loc[2 * i + 1], h, w, starts[l], t)) {  // uniform across the warp
       if (lane == 0) {
