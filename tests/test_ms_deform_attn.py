@@ -110,6 +110,25 @@ def test_cpu_kernel_matches_reference_float(case):
 
 
 @requires_ext
+def test_cpu_kernel_is_deterministic_across_threads_and_layouts():
+    # Backward partitions grad_value by (batch, head): no races, so any thread count gives the same bits.
+    value, spatial, starts, loc, attn = make_inputs(2, 40, 4, 32, 4, [(12, 10), (6, 5)], dtype=torch.float32)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = forward_backward(ms_deform_attn, value, spatial, starts, loc, attn)
+        torch.set_num_threads(max(2, threads))
+        many = forward_backward(ms_deform_attn, value, spatial, starts, loc, attn)
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(one, many):
+        assert torch.equal(a, b)
+    strided = value.transpose(2, 3).contiguous().transpose(2, 3)  # same values, non-contiguous
+    assert not strided.is_contiguous()
+    torch.testing.assert_close(ms_deform_attn(strided, spatial, starts, loc, attn), one[0])
+
+
+@requires_ext
 def test_cpu_kernel_gradcheck():
     value, spatial, starts, loc, attn = make_inputs(1, 3, 2, 3, 2, [(4, 3), (2, 2)])
     value, loc, attn = (t.requires_grad_(True) for t in (value, loc, attn))
