@@ -9,6 +9,10 @@ import os
 import sys
 import time
 
+# Idle OpenMP threads sleep instead of spinning: with 2 threads on a loaded 2-core machine, spinning cost 7.6 vs
+# 1.6 CPU-seconds per training iteration of the demo config (measured). Must be set before torch loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import cv2
 import numpy as np
 import torch
@@ -55,10 +59,14 @@ def register_control(test_name: str) -> None:
     MetadataCatalog.get(CONTROL).set(evaluator_type="rrsis")
 
 
-def _overlay(image: np.ndarray, mask: np.ndarray, color: tuple[int, int, int]) -> np.ndarray:
+def _highlight(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Dim everything outside the mask and outline it: visible whatever the object's color."""
     out = image.astype(np.float32)
-    out[mask] = 0.5 * out[mask] + 0.5 * np.array(color, np.float32)
-    return out.astype(np.uint8)
+    out[~mask] *= 0.35
+    out = out.astype(np.uint8)
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    cv2.drawContours(out, contours, -1, (255, 230, 0), 2)
+    return out
 
 
 def _text(tile: np.ndarray, lines: list[str]) -> np.ndarray:
@@ -101,8 +109,8 @@ def picture_grid(model, mapper, records: list[dict], path: str, num: int = 8) ->
         text += [""] * (3 - len(text))
         tiles = [
             _text(image, text),
-            _text(_overlay(image, gt, (0, 200, 0)), ["ground truth", "", ""]),
-            _text(_overlay(image, pred, (230, 40, 40)), [f"prediction  IoU {100 * iou:.1f}", "", ""]),
+            _text(_highlight(image, gt), ["ground truth", "", ""]),
+            _text(_highlight(image, pred), [f"prediction  IoU {100 * iou:.1f}", "", ""]),
         ]
         gap = np.full((tiles[0].shape[0], 6, 3), 255, np.uint8)
         rows.append(np.concatenate([tiles[0], gap, tiles[1], gap, tiles[2]], axis=1))
