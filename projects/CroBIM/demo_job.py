@@ -116,7 +116,7 @@ def picture_grid(model, mapper, records: list[dict], path: str, num: int = 8) ->
         rows.append(np.concatenate([tiles[0], gap, tiles[1], gap, tiles[2]], axis=1))
     rows = [np.concatenate([row, np.full((6, row.shape[1], 3), 255, np.uint8)]) for row in rows]
     grid = np.concatenate(rows, axis=0)
-    cv2.imwrite(path, grid[:, :, ::-1])
+    cv2.imwrite(path, grid[:, :, ::-1], [cv2.IMWRITE_PNG_COMPRESSION, 9])
 
 
 class _DropModelPrint(logging.Filter):
