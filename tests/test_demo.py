@@ -28,7 +28,7 @@ def test_demo_cli_writes_mask_and_overlay(tmp_path):
         paths.append(str(tmp_path / f"scene{i}.png"))
         Image.fromarray(scene.image).save(paths[-1])
     written = demo.main([
-        "--config-file", CONFIG, "--input", *paths, "--expression", "the red car at the top left",
+        "--config-file", CONFIG, "--input", *paths, "--expression", "the vehicle at the top left",
         "--output", str(tmp_path / "out"), "--opts", *TINY_OPTS, "MODEL.WEIGHTS", str(tmp_path / "model.pth"),
     ])
     assert sorted(os.path.basename(p) for p in written) == [

@@ -30,13 +30,13 @@ def test_predictor_loads_weights_and_matches_the_mapper_path(saved, tmp_path):
     for k, v in model.state_dict().items():
         assert torch.equal(predictor.model.state_dict()[k], v), k
     image = np.random.default_rng(0).integers(0, 256, (50, 70, 3), dtype=np.uint8)
-    prob = predictor(image, "the red car at the top left")
+    prob = predictor(image, "the vehicle at the top left")
     assert prob.shape == (50, 70) and prob.dtype == np.float32
     assert 0.0 <= prob.min() and prob.max() <= 1.0
 
     Image.fromarray(image).save(tmp_path / "image.png")
     record = {"file_name": str(tmp_path / "image.png"), "height": 50, "width": 70,
-              "sentence": "the red car at the top left"}
+              "sentence": "the vehicle at the top left"}
     model.eval()
     with torch.no_grad():
         expected = model([RRSISDatasetMapper(cfg, is_train=False)(record)])[0]["ref_seg"].numpy()

@@ -1,7 +1,7 @@
 """Segment the object an expression refers to in one or more images; write a mask and an overlay PNG each.
 
     python projects/CroBIM/demo.py --config-file projects/CroBIM/configs/synrrsis/crobim_tiny.yaml \
-        --input datasets/synrrsis/images/test/00000.png --expression "the red car at the top left" \
+        --input datasets/synrrsis/images/test/00000.png --expression "the vehicle at the top left" \
         --output output/demo_pred --opts MODEL.WEIGHTS output/demo/train/model_final.pth
 """
 import argparse
