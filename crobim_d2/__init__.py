@@ -9,8 +9,10 @@ import importlib.util
 HAS_DETECTRON2 = importlib.util.find_spec("detectron2") is not None
 
 if HAS_DETECTRON2:
-    from . import data  # noqa: F401  (registers datasets)
-    from . import evaluation  # noqa: F401
-    from . import modeling  # noqa: F401  (registers the meta-architecture and backbones)
+    from . import (
+        data,  # noqa: F401  (registers datasets)
+        evaluation,  # noqa: F401
+        modeling,  # noqa: F401  (registers the meta-architecture and backbones)
+    )
     from .config import add_crobim_config  # noqa: F401
     from .predictor import RRSISPredictor  # noqa: F401

@@ -1,6 +1,5 @@
 """Where pretrained text-encoder files come from. Nothing is ever downloaded."""
 import os
-from typing import Optional
 
 # Portable names a config may use instead of a machine path.
 OFFLINE_MINILM = "offline:all-MiniLM-L6-v2"
@@ -8,7 +7,7 @@ OFFLINE_MINILM = "offline:all-MiniLM-L6-v2"
 BUNDLED_VOCAB = os.path.join(os.path.dirname(__file__), "resources", "bert-base-uncased", "vocab.txt")
 
 
-def resolve_text_encoder_weights(value: str, key: str = "MODEL.TEXT_ENCODER.WEIGHTS") -> Optional[str]:
+def resolve_text_encoder_weights(value: str, key: str = "MODEL.TEXT_ENCODER.WEIGHTS") -> str | None:
     """Return the local Hugging Face model directory named by a config value, or None for random weights.
 
     ``""`` means the bert-base-uncased architecture with random weights and the bundled uncased vocab;

@@ -1,7 +1,6 @@
 """Expression tokenization: uncased WordPiece, padded/truncated to ``INPUT.MAX_TOKENS``."""
 import functools
 import os
-from typing import Tuple
 
 import torch
 from transformers import BertTokenizerFast
@@ -25,7 +24,7 @@ def build_tokenizer(weights: str = "") -> BertTokenizerFast:
 
 def encode_expression(
     tokenizer: BertTokenizerFast, expression: str, max_tokens: int
-) -> Tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Return ``(lang_tokens, lang_mask)``, both int64 of shape ``(max_tokens,)``; [CLS] first, [SEP] kept."""
     if not isinstance(expression, str) or not expression.strip():
         raise ValueError(
