@@ -1,20 +1,18 @@
 """Image reading shared by the dataset loaders, the mapper and the predictor."""
 
+import contextlib
+from collections.abc import Iterator
+
 import numpy as np
 from PIL import Image
 
 
-def read_image_rgb(path: str) -> np.ndarray:
-    """Read an image (PNG, JPEG, 8-bit TIFF, ...) as uint8 (H, W, 3) RGB; grayscale and RGBA are converted."""
+@contextlib.contextmanager
+def _open_image(path: str) -> Iterator[Image.Image]:
+    """Open ``path`` with PIL; a missing or unreadable file raises an error naming it and the fix."""
     try:
         with Image.open(path) as img:
-            if img.mode in ("I;16", "I;16B", "I"):
-                # 16-bit single band: stretch to 8 bits before replicating to RGB.
-                arr = np.asarray(img, dtype=np.float64)
-                lo, hi = float(arr.min()), float(arr.max())
-                arr = (arr - lo) * (255.0 / max(hi - lo, 1.0))
-                return np.repeat(arr.astype(np.uint8)[:, :, None], 3, axis=2)
-            return np.asarray(img.convert("RGB"))
+            yield img
     except FileNotFoundError:
         raise FileNotFoundError(
             f"Image not found: {path}. Check the dataset folder (see datasets/README.md) or "
@@ -26,16 +24,20 @@ def read_image_rgb(path: str) -> np.ndarray:
         ) from e
 
 
+def read_image_rgb(path: str) -> np.ndarray:
+    """Read an image (PNG, JPEG, 8-bit TIFF, ...) as uint8 (H, W, 3) RGB; grayscale and RGBA are converted."""
+    with _open_image(path) as img:
+        if img.mode in ("I;16", "I;16B", "I"):
+            # 16-bit single band: stretch to 8 bits before replicating to RGB.
+            arr = np.asarray(img, dtype=np.float64)
+            lo, hi = float(arr.min()), float(arr.max())
+            arr = (arr - lo) * (255.0 / max(hi - lo, 1.0))
+            return np.repeat(arr.astype(np.uint8)[:, :, None], 3, axis=2)
+        return np.asarray(img.convert("RGB"))
+
+
 def read_image_size(path: str) -> tuple[int, int]:
     """Return ``(height, width)`` from the file header without decoding the pixels."""
-    try:
-        with Image.open(path) as img:
-            width, height = img.size
-    except FileNotFoundError:
-        raise FileNotFoundError(
-            f"Image not found: {path}. Check the dataset folder (see datasets/README.md) or "
-            "DETECTRON2_DATASETS."
-        ) from None
-    except OSError as e:
-        raise ValueError(f"Cannot read image {path} ({e}); is it an image file?") from e
+    with _open_image(path) as img:
+        width, height = img.size
     return height, width
