@@ -8,7 +8,7 @@ from detectron2.config import get_cfg
 from detectron2.layers import ShapeSpec
 
 from crobim_d2 import add_crobim_config
-from crobim_d2.modeling.mid import MutualInteractionDecoder
+from crobim_d2.modeling.mid import Attention, MutualInteractionDecoder
 
 CHANNELS = [8, 16, 32, 64]
 
@@ -144,3 +144,24 @@ def test_long_softmax_stays_float32_under_bf16_autocast(monkeypatch):
         )  # 50 visual keys
         layer.vis_cross(torch.randn(1, 50, 32), torch.randn(1, 3, 32), torch.randn(1, 3, 32))  # 3 word keys
     assert dtypes == [torch.float32, torch.bfloat16]
+
+
+@pytest.mark.parametrize("with_mask", [False, True])
+def test_few_query_attention_equals_projected_attention(with_mask):
+    """lang_cross skips projecting the ~19k keys and values (Attention.few_queries): same result as projecting
+    them, whatever the key bias (it cancels in the softmax)."""
+    torch.manual_seed(0)
+    few = Attention(64, 8, 0.0, few_queries=True).double()
+    full = Attention(64, 8, 0.0).double()
+    with torch.no_grad():
+        for name in ("q", "k", "v", "out"):
+            getattr(full, name).weight.copy_(getattr(few, name).weight)
+        for name in ("q", "v", "out"):
+            getattr(full, name).bias.copy_(getattr(few, name).bias)
+        full.k.bias.normal_()
+    assert few.k.bias is None
+    query = torch.randn(2, 5, 64, dtype=torch.double)
+    key, value = torch.randn(2, 2, 50, 64, dtype=torch.double)
+    mask = torch.rand(2, 50, generator=torch.Generator().manual_seed(1)) > 0.3 if with_mask else None
+    expected = full(query, key, value, mask)
+    assert torch.allclose(few(query, key, value, mask), expected, atol=1e-12)
