@@ -30,6 +30,8 @@ def add_crobim_config(cfg: CN) -> None:
     cfg.MODEL.TEXT_ENCODER.HIDDEN_SIZE = 768
     cfg.MODEL.TEXT_ENCODER.NUM_HEADS = 12
     cfg.MODEL.TEXT_ENCODER.INTERMEDIATE_SIZE = 3072
+    # True: BERT's weights get no gradient and no optimizer state (CAPM's prompts still learn through it).
+    cfg.MODEL.TEXT_ENCODER.FREEZE = False
 
     # Backbones (timm architectures, res2..res5 outputs).
     cfg.MODEL.SWIN = CN()

@@ -93,3 +93,22 @@ def test_bert_stays_float32_under_autocast(encoder):
             lv, _ = encoder(lang_tokens, lang_mask, prompts.bfloat16())
     assert lv.dtype == torch.float32
     assert torch.allclose(lv, expected, atol=1e-2)  # only the prompts were rounded to bfloat16
+
+
+def test_frozen_encoder_passes_gradient_to_prompts_only():
+    torch.manual_seed(0)
+    frozen = TextEncoder(
+        bert=build_bert(None, num_layers=2, hidden_size=64, num_heads=4, intermediate_size=128), freeze=True
+    )
+    prompts = torch.randn(2, 4, 64, requires_grad=True)
+    lv, _ = frozen(*tokens(), prompts)
+    lv.sum().backward()
+    assert prompts.grad is not None and prompts.grad.abs().sum() > 0
+    assert all(p.grad is None and not p.requires_grad for p in frozen.parameters())
+
+
+def test_freeze_key_reaches_the_encoder():
+    cfg = get_cfg()
+    add_crobim_config(cfg)
+    cfg.MODEL.TEXT_ENCODER.update(NUM_LAYERS=1, HIDDEN_SIZE=32, NUM_HEADS=2, INTERMEDIATE_SIZE=64, FREEZE=True)
+    assert not any(p.requires_grad for p in TextEncoder(cfg).parameters())

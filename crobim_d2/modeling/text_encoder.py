@@ -41,16 +41,19 @@ class TextEncoder(nn.Module):
     """Hugging Face BertModel over expression tokens plus appended context-aware prompts."""
 
     @configurable
-    def __init__(self, *, bert: BertModel):
+    def __init__(self, *, bert: BertModel, freeze: bool = False):
+        """``freeze``: BERT's weights get no gradient (the prompts still get theirs through BERT)."""
         super().__init__()
         self.bert = bert
+        self.bert.requires_grad_(not freeze)
 
     @classmethod
     def from_config(cls, cfg) -> dict:
         te = cfg.MODEL.TEXT_ENCODER
         weights_dir = resolve_text_encoder_weights(te.WEIGHTS)
         return {
-            "bert": build_bert(weights_dir, te.NUM_LAYERS, te.HIDDEN_SIZE, te.NUM_HEADS, te.INTERMEDIATE_SIZE)
+            "bert": build_bert(weights_dir, te.NUM_LAYERS, te.HIDDEN_SIZE, te.NUM_HEADS, te.INTERMEDIATE_SIZE),
+            "freeze": te.FREEZE,
         }
 
     @property
