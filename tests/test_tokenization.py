@@ -30,3 +30,20 @@ def test_empty_expression_is_refused():
 def test_model_dir_without_vocab_is_refused(tmp_path):
     with pytest.raises(FileNotFoundError, match="vocab.txt"):
         build_tokenizer(str(tmp_path))
+
+
+def test_truncation_is_reported_with_the_key(caplog, monkeypatch):
+    from crobim_d2.data import tokenization
+
+    monkeypatch.setattr(tokenization, "_truncations", 0)
+    tok = build_tokenizer("")
+    with caplog.at_level("WARNING", logger="crobim_d2.data.tokenization"):
+        encode_expression(tok, "the tank", 20)
+        encode_expression(tok, "a b c d e f g h", 10)  # exactly 10 tokens: nothing cut
+        assert not caplog.records
+        encode_expression(tok, "tank " * 50, 20)
+    assert len(caplog.records) == 1
+    assert "52 tokens" in caplog.text and "INPUT.MAX_TOKENS=20" in caplog.text
+    for _ in range(tokenization.MAX_TRUNCATION_WARNINGS + 3):
+        encode_expression(tok, "tank " * 50, 20)
+    assert len(caplog.records) == tokenization.MAX_TRUNCATION_WARNINGS
