@@ -6,9 +6,8 @@ CUDA kernels when a CUDA toolkit is present and either a GPU is visible or ``FOR
 import glob
 import os
 
-from setuptools import find_packages, setup
-
 import torch
+from setuptools import find_packages, setup
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
 
