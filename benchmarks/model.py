@@ -3,7 +3,9 @@
 Measures parameters, inference seconds per image (float32 and bfloat16 autocast), peak memory, a batch-2
 training step (forward, loss, backward; float32, and under bfloat16 autocast as SOLVER.AMP.ENABLED does on
 the CPU), the share of inference time in backbone / text encoder / CAPM / LGFA / MID, deformable-attention impl "auto" against "pytorch", and the mean IoU between the bfloat16 and
-float32 masks. Each (config, measurement) runs in its own subprocess so that its peak RSS
+float32 masks. Every measurement runs with ``CPU_MALLOC_REUSE`` (the default, as train_net.py and
+RRSISPredictor apply it) except ``train_no_malloc_reuse``, the float32 training step with glibc's default
+allocator behaviour, for comparison. Each (config, measurement) runs in its own subprocess so that its peak RSS
 (``resource.getrusage``) is its own; "peak MiB" is the growth of the peak RSS over the built model's.
 
     .venv/bin/python benchmarks/model.py                       # both configs, 2 threads
@@ -41,7 +43,15 @@ REFERENCES = {
     "convnext_b": ("convnext_base", {}, {"float32": 0.76, "bfloat16": 0.24}),
 }
 COMPONENTS = ("backbone", "text_encoder", "capm", "lgfa", "mid")
-MODES = ("infer_float32", "infer_bfloat16", "infer_msda_pytorch", "train", "train_bfloat16", "agreement")
+MODES = (
+    "infer_float32",
+    "infer_bfloat16",
+    "infer_msda_pytorch",
+    "train",
+    "train_bfloat16",
+    "train_no_malloc_reuse",
+    "agreement",
+)
 # Matrix-multiply throughput that the goals were measured against (GFLOP/s, 2 threads): the goals
 # scale with this machine's own (``gemm`` in the JSON), which varies between machines and over time.
 REFERENCE_GEMM = {"float32": 210.0, "bfloat16": 900.0}
@@ -213,12 +223,15 @@ def worker(args) -> dict:
     import torch
 
     torch.set_num_threads(args.threads)
+    from crobim_d2.engine import apply_cpu_malloc_reuse
+
     model, cfg = build(CONFIGS[args.config], "pytorch" if args.mode == "infer_msda_pytorch" else "auto")
+    malloc_reuse = args.mode != "train_no_malloc_reuse" and apply_cpu_malloc_reuse(cfg)
     model.eval()
     dtype = "bfloat16" if args.mode in ("infer_bfloat16", "train_bfloat16") else "float32"
     reference = build_reference(args.config) if args.mode.startswith("infer") else None
     built_rss = peak_rss_mib()
-    result = {"config": args.config, "mode": args.mode, "model_rss_mib": built_rss}
+    result = {"config": args.config, "mode": args.mode, "model_rss_mib": built_rss, "malloc_reuse": malloc_reuse}
     result["params_m"] = {k: sum(p.numel() for p in getattr(model, k).parameters()) / 1e6 for k in COMPONENTS}
     result["params_m"]["total"] = sum(p.numel() for p in model.parameters()) / 1e6
     if args.mode.startswith("infer"):
@@ -229,6 +242,7 @@ def worker(args) -> dict:
     else:
         result.update(run_agreement(model, cfg, args.num_agreement))
     result["peak_mib"] = peak_rss_mib() - built_rss
+    result["minor_page_faults"] = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     result["gemm_gflops"] = measure_gemm()  # the CPU's speed right after the measurement
     return result
 
@@ -248,20 +262,21 @@ def fmt(x: float, digits: int = 2) -> str:
 
 def print_table(results: dict) -> None:
     print(
-        "| config | params (M) | train s/step (b=2) fp32 / bf16 autocast | peak MiB infer fp32 / bf16 / train "
+        "| config | params (M) | train s/step (b=2) fp32 / bf16 autocast / fp32 without CPU_MALLOC_REUSE | peak MiB infer fp32 / bf16 / train "
         "| bf16 vs fp32 IoU (n) | GEMM GFLOP/s fp32 / bf16 |"
     )
     print("|---|---|---|---|---|---|")
     for name, r in results.items():
-        fp, bf, tr, tb, ag = (
-            r.get(m, {}) for m in ("infer_float32", "infer_bfloat16", "train", "train_bfloat16", "agreement")
+        fp, bf, tr, tb, tn, ag = (
+            r.get(m, {})
+            for m in ("infer_float32", "infer_bfloat16", "train", "train_bfloat16", "train_no_malloc_reuse", "agreement")
         )
         params = next((x["params_m"]["total"] for x in r.values()), None)
         peaks = " / ".join(fmt(x.get("peak_mib"), 0) for x in (fp, bf, tr))
         iou = f"{fmt(ag.get('mean_iou'), 4)} ({ag.get('num_inputs', '-')})"
         gemm = [x["gemm_gflops"] for x in r.values()]
         gemm = " / ".join(fmt(min(g[k] for g in gemm), 0) + "-" + fmt(max(g[k] for g in gemm), 0) for k in REFERENCE_GEMM)
-        steps = f"{fmt(tr.get('seconds_per_step'))} / {fmt(tb.get('seconds_per_step'))}"
+        steps = " / ".join(fmt(x.get("seconds_per_step")) for x in (tr, tb, tn))
         print(f"| {name} | {fmt(params, 1)} | {steps} | {peaks} | {iou} | {gemm} |")
     print(f"(GEMM: {GEMM_SIZE}^3 matmul right after each measurement; the issue's machine: "
           f"{REFERENCE_GEMM['float32']:.0f} / {REFERENCE_GEMM['bfloat16']:.0f})")

@@ -10,6 +10,7 @@ from detectron2.modeling import build_model
 from PIL import Image
 
 from .data.tokenization import build_tokenizer, encode_expression
+from .engine.allocator import apply_cpu_malloc_reuse
 
 
 class RRSISPredictor:
@@ -22,6 +23,7 @@ class RRSISPredictor:
 
     def __init__(self, cfg: CfgNode):
         self.cfg = cfg.clone()
+        apply_cpu_malloc_reuse(self.cfg)
         self.model = build_model(self.cfg)
         self.model.eval()
         weights = cfg.MODEL.WEIGHTS

@@ -1,5 +1,6 @@
 """Training helpers shared by ``projects/CroBIM/train_net.py`` and the tests: the optimizer, the
 polynomial learning-rate schedule, and a ``launch`` / DDP wrapping that also work on CPU-only machines (gloo)."""
+from .allocator import apply_cpu_malloc_reuse, reuse_freed_memory
 from .checks import check_config
 from .defaults import default_setup
 from .launch import create_ddp_model, launch
@@ -8,6 +9,7 @@ from .optimizer import build_optimizer, get_param_groups
 from .train_loop import CPUAutocastTrainer, build_step_trainer
 
 __all__ = [
+    "apply_cpu_malloc_reuse",
     "CPUAutocastTrainer",
     "PolyParamScheduler",
     "build_lr_scheduler",
@@ -18,4 +20,5 @@ __all__ = [
     "default_setup",
     "get_param_groups",
     "launch",
+    "reuse_freed_memory",
 ]

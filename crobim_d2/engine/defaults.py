@@ -10,9 +10,12 @@ from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
 
+from .allocator import apply_cpu_malloc_reuse
+
 
 def default_setup(cfg: CfgNode, args: argparse.Namespace) -> None:
-    """Create ``cfg.OUTPUT_DIR``, set up the loggers, save the full config, seed each rank."""
+    """Create ``cfg.OUTPUT_DIR``, set up the loggers, save the full config, seed each rank, and on the CPU
+    apply ``CPU_MALLOC_REUSE``."""
     output_dir = cfg.OUTPUT_DIR
     rank = comm.get_rank()
     if comm.is_main_process() and output_dir:
@@ -31,3 +34,4 @@ def default_setup(cfg: CfgNode, args: argparse.Namespace) -> None:
     seed_all_rng(None if cfg.SEED < 0 else cfg.SEED + rank)
     if not getattr(args, "eval_only", False):
         torch.backends.cudnn.benchmark = cfg.CUDNN_BENCHMARK
+    apply_cpu_malloc_reuse(cfg)
