@@ -5,6 +5,7 @@ CUDA kernels when a CUDA toolkit is present and either a GPU is visible or ``FOR
 """
 import glob
 import os
+import sys
 
 import torch
 from setuptools import find_packages, setup
@@ -20,6 +21,12 @@ def build_extensions():
     cu = sorted(glob.glob(os.path.join(csrc, "cuda", "*.cu")))
     want_cuda = torch.cuda.is_available() or os.environ.get("FORCE_CUDA", "0") == "1"
     extra = {"cxx": ["-O3", "-std=c++20"]}
+    link = []
+    if torch.__config__.parallel_info().find("parallel backend: OpenMP") >= 0 and sys.platform.startswith("linux"):
+        # at::parallel_for is a header template: without -fopenmp the CPU kernels silently run on one
+        # thread. The OpenMP runtime resolves to the libgomp torch has already loaded (same soname).
+        extra["cxx"].append("-fopenmp")
+        link.append("-fopenmp")
     define = []
     extension = CppExtension
     sources = cpp
@@ -35,6 +42,7 @@ def build_extensions():
             include_dirs=[csrc],
             define_macros=define,
             extra_compile_args=extra,
+            extra_link_args=link,
         )
     ]
 

@@ -1,6 +1,10 @@
 // Python binding of the multi-scale deformable attention kernels: input checks (called by every kernel entry)
 // and dispatch by device.
+#include <ATen/Parallel.h>
 #include <torch/extension.h>
+
+#include <algorithm>
+#include <vector>
 
 #include "ms_deform_attn.h"
 
@@ -86,6 +90,17 @@ bool with_cuda() {
 #endif
 }
 
+// Threads that at::parallel_for gives this extension's kernels: at::parallel_for is a header template, so it
+// only runs in parallel when the extension itself is compiled with the ATen parallel backend (OpenMP:
+// -fopenmp); compiled without it, it silently runs the whole range on the calling thread.
+int64_t parallel_threads(int64_t tasks) {
+  std::vector<int64_t> seen(std::max<int64_t>(tasks, 1), -1);
+  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) seen[i] = at::get_thread_num();
+  });
+  return 1 + *std::max_element(seen.begin(), seen.end());
+}
+
 }  // namespace
 }  // namespace crobim
 
@@ -95,6 +110,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("ms_deform_attn_backward", &crobim::backward,
         "backward -> [grad_value, grad_sampling_loc, grad_attn_weight] (CPU or CUDA by value's device)");
   m.def("with_cuda", &crobim::with_cuda, "whether the CUDA kernels were compiled in");
+  m.def("parallel_threads", &crobim::parallel_threads, "threads used by at::parallel_for over `tasks` tasks");
 #ifdef WITH_CUDA
   m.def("ms_deform_attn_forward_cuda", &crobim::ms_deform_attn_forward_cuda, "CUDA forward");
   m.def("ms_deform_attn_backward_cuda", &crobim::ms_deform_attn_backward_cuda, "CUDA backward");

@@ -1,5 +1,5 @@
 // Multi-scale deformable attention (Deformable DETR layout), CPU and CUDA kernels.
-//   value              (N, S, M, D)        float/double (CPU); also half/bfloat16 (CUDA)
+//   value              (N, S, M, D)        float/double; also half/bfloat16 (CUDA), bfloat16 (CPU forward)
 //   spatial_shapes     (L, 2) long         (H_l, W_l)
 //   level_start_index  (L,) long
 //   sampling_loc       (N, Lq, M, L, P, 2) normalized (x, y); float (double for double values)

@@ -98,6 +98,20 @@ def test_extension_exposes_cuda_when_nvcc_was_available():
 
 
 @requires_ext
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs 2 CPU cores")
+def test_cpu_kernels_run_on_torch_threads():
+    # at::parallel_for is a header template: an extension compiled without -fopenmp runs it on one thread.
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert functions._C.parallel_threads(8) == 2
+        torch.set_num_threads(1)
+        assert functions._C.parallel_threads(8) == 1
+    finally:
+        torch.set_num_threads(threads)
+
+
+@requires_ext
 @pytest.mark.parametrize("case", CASES)
 def test_cpu_kernel_matches_reference_double(case):
     assert_matches_reference(make_inputs(*case), rtol=1e-9, atol=1e-10)
@@ -147,6 +161,38 @@ def test_cpu_reduced_precision_runs_in_float32_and_keeps_dtype():
     torch.testing.assert_close(out.float(), want, rtol=2e-2, atol=2e-2)
     out.sum().backward()
     assert value.grad.dtype == torch.bfloat16
+
+
+@requires_ext
+@pytest.mark.parametrize("case", CASES)
+def test_cpu_bfloat16_forward_kernel(case):
+    # Inference under CPU autocast: the kernel reads bfloat16 rows itself and accumulates in float32.
+    value, spatial, starts, loc, attn = make_inputs(*case, dtype=torch.float32)
+    low = value.to(torch.bfloat16)
+    want = ms_deform_attn_pytorch(low.double(), spatial, starts, loc.double(), attn.double())
+    got = functions._C.ms_deform_attn_forward(low, spatial, starts, loc, attn)
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.double(), want, rtol=2**-8, atol=1e-5)  # one bfloat16 rounding
+    with torch.no_grad():  # the dispatcher takes this kernel when no gradient is needed
+        assert torch.equal(ms_deform_attn(low, spatial, starts, loc, attn), got)
+    with pytest.raises(RuntimeError, match="float32/float64"):
+        functions._C.ms_deform_attn_backward(low, spatial, starts, loc, attn, torch.ones_like(got))
+
+
+def test_module_locations_are_reference_plus_offsets_over_level_size():
+    torch.manual_seed(0)
+    module = MSDeformAttn(d_model=16, n_levels=2, n_heads=2, n_points=3)
+    nn_init = torch.nn.init
+    nn_init.normal_(module.sampling_offsets.weight, std=0.5)
+    nn_init.normal_(module.attention_weights.weight)
+    value, spatial, starts, _, _ = make_inputs(2, 1, 1, 16, 1, [(8, 6), (4, 3)], dtype=torch.float32)
+    flat, query, ref = value.view(2, -1, 16), torch.randn(2, 5, 16), torch.rand(2, 5, 2, 2)
+    offsets = module.sampling_offsets(query).view(2, 5, 2, 2, 3, 2)
+    weights = module.attention_weights(query).view(2, 5, 2, 6).softmax(-1).view(2, 5, 2, 2, 3)
+    size_xy = spatial.flip(-1).float()  # (W_l, H_l)
+    loc = ref[:, :, None, :, None, :] + offsets / size_xy[None, None, None, :, None, :]
+    want = ms_deform_attn_pytorch(module.value_proj(flat).view(2, -1, 2, 8), spatial, starts, loc, weights)
+    torch.testing.assert_close(module(query, ref, flat, spatial, starts), module.output_proj(want))
 
 
 @pytest.mark.parametrize("impl", ["auto", "pytorch"])

@@ -5,11 +5,19 @@
 // scatter-add needs no atomics and no per-thread copies of grad_value. Both loop over the D channels of one
 // head innermost (contiguous rows), which the compiler vectorizes; on x86 the hot loops are compiled for
 // AVX-512, AVX2 and baseline and picked at load time (target_clones).
+//
+// bfloat16 values (forward only, for inference under CPU autocast): the value rows are read as bfloat16 and
+// widened to float32 in registers (a bfloat16 is the upper half of a float32), so the gathers move half the
+// bytes and no float32 copy of value is made; locations, weights and accumulation are float32, and the
+// output is rounded to bfloat16 once. Backward needs float32/float64 values (ms_deform_attn casts).
 #include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
+#include <type_traits>
+#include <vector>
 
 #include "ms_deform_attn.h"
 
@@ -72,10 +80,37 @@ CROBIM_INLINE bool bilinear_taps(T loc_x, T loc_y, const Level& lv, Taps<T>& t) 
   return true;
 }
 
-// y += a * x over one head's channels.
+// bfloat16 storage: the upper 16 bits of a float32.
+struct BF16 {
+  uint16_t bits;
+};
+
+CROBIM_INLINE float widen(BF16 x) {
+  const uint32_t u = static_cast<uint32_t>(x.bits) << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof(f));
+  return f;
+}
 template <typename T>
-CROBIM_INLINE void axpy(T a, const T* __restrict__ x, T* __restrict__ y, int64_t d) {
-  for (int64_t c = 0; c < d; ++c) y[c] += a * x[c];
+CROBIM_INLINE T widen(T x) {
+  return x;
+}
+
+// Round to nearest even, as torch does (NaN stays NaN).
+CROBIM_INLINE void narrow(float f, BF16& out) {
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof(u));
+  out.bits = std::isnan(f) ? uint16_t(0x7FC0) : static_cast<uint16_t>((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+}
+template <typename T>
+CROBIM_INLINE void narrow(T f, T& out) {
+  out = f;
+}
+
+// y += a * x over one head's channels (x stored as V, accumulated as T).
+template <typename T, typename V>
+CROBIM_INLINE void axpy(T a, const V* __restrict__ x, T* __restrict__ y, int64_t d) {
+  for (int64_t c = 0; c < d; ++c) y[c] += a * widen(x[c]);
 }
 
 // x . y with independent partial sums, so that it vectorizes without reassociating (no -ffast-math).
@@ -119,6 +154,10 @@ struct Vec64<double> {
   }
 };
 
+// 32 bfloat16 bit patterns, and the same widened to 32 bits (the bfloat16 fast path, D = 32).
+typedef uint16_t Bits16x32 __attribute__((vector_size(64)));
+typedef uint32_t Bits32x32 __attribute__((vector_size(128)));
+
 template <typename T, int kD>
 struct Row {
   // One vector of the whole row: a single SSA value stays in registers (an array of vectors would not).
@@ -132,6 +171,16 @@ struct Row {
   static CROBIM_INLINE Row load(const T* p) {
     Row r;
     std::memcpy(&r.v, p, sizeof(W));
+    return r;
+  }
+  // kD bfloat16 values widened in registers (float rows of 32 only): zero-extend to 32 bits, shift to the top half.
+  static CROBIM_INLINE Row load(const BF16* p) {
+    static_assert(sizeof(T) == 4 && kD == 32, "bfloat16 rows of 32 channels widen to float");
+    Bits16x32 h;
+    std::memcpy(&h, p, sizeof(h));
+    const Bits32x32 u = __builtin_convertvector(h, Bits32x32) << 16;
+    Row r;
+    std::memcpy(&r.v, &u, sizeof(W));
     return r;
   }
   CROBIM_INLINE void store(T* p) const { std::memcpy(p, &v, sizeof(W)); }
@@ -171,12 +220,12 @@ inline void prefetch_row(const void* row, int64_t bytes, bool write) {
 }
 
 // Taps of samples [begin, end) of one head (loc_h: its locations), prefetching the rows they read from
-// value_h and, in backward, write in grad_value_h.
-template <typename T>
+// value_h (stored as V) and, in backward, write in grad_value_h.
+template <typename T, typename V>
 CROBIM_INLINE void batch_taps(const T* loc_h, const Level* levels, const Sizes& z, int64_t begin, int64_t end,
-                              int64_t row_stride, const T* value_h, const T* grad_value_h, Taps<T>* taps,
+                              int64_t row_stride, const V* value_h, const V* grad_value_h, Taps<T>* taps,
                               bool* ok) {
-  const int64_t row_bytes = z.d * static_cast<int64_t>(sizeof(T));
+  const int64_t row_bytes = z.d * static_cast<int64_t>(sizeof(V));
   for (int64_t s = begin; s < end; ++s) {
     Taps<T>& t = taps[s - begin];
     ok[s - begin] = bilinear_taps(loc_h[2 * s], loc_h[2 * s + 1], levels[z.level_of[s]], t);
@@ -190,42 +239,55 @@ CROBIM_INLINE void batch_taps(const T* loc_h, const Level* levels, const Sizes& 
 }
 
 // Output rows of queries [q_begin, q_end) (flattened over batch): out[q, m, :] = sum a * bilinear(value).
-// kD > 0 fixes the channel count at compile time so that the accumulator stays in registers (Row).
-template <typename T, int kD>
-CROBIM_INLINE void forward_block(const T* value, const Level* levels, const T* loc, const T* attn, T* out,
+// kD > 0 fixes the channel count at compile time so that the accumulator stays in registers (Row). Values
+// and output are stored as V (T, or BF16 with T = float), accumulated as T.
+template <typename T, typename V, int kD>
+CROBIM_INLINE void forward_block(const V* value, const Level* levels, const T* loc, const T* attn, V* out,
                                  const Sizes& z, int64_t q_begin, int64_t q_end) {
   const int64_t d = kD > 0 ? kD : z.d, row_stride = z.m * d, samples = z.levels * z.points;
   Taps<T> taps[kBatch];
   bool ok[kBatch];
+  std::vector<T> generic_acc(kD > 0 ? 0 : d);  // the kD == 0 accumulator
   for (int64_t nq = q_begin; nq < q_end; ++nq) {
-    const T* value_n = value + (nq / z.lq) * z.s * row_stride;
+    const V* value_n = value + (nq / z.lq) * z.s * row_stride;
     for (int64_t m = 0; m < z.m; ++m) {
       const int64_t head = nq * z.m + m;
       const T* loc_h = loc + head * samples * 2;
       const T* attn_h = attn + head * samples;
-      const T* value_h = value_n + m * d;
+      const V* value_h = value_n + m * d;
       auto acc = Row<T, (kD > 0 ? kD : 16)>::zeros();  // unused when kD == 0
-      T* out_h = out + head * d;
-      if constexpr (kD == 0) std::fill(out_h, out_h + d, T(0));
+      T* acc_h = generic_acc.data();
+      if constexpr (kD == 0) std::fill(acc_h, acc_h + d, T(0));
       for (int64_t s0 = 0; s0 < samples; s0 += kBatch) {
         const int64_t s1 = std::min(samples, s0 + kBatch);
-        batch_taps<T>(loc_h, levels, z, s0, s1, row_stride, value_h, nullptr, taps, ok);
+        batch_taps<T, V>(loc_h, levels, z, s0, s1, row_stride, value_h, nullptr, taps, ok);
         for (int64_t s = s0; s < s1; ++s) {
           if (!ok[s - s0]) continue;
           const Taps<T>& t = taps[s - s0];
           for (int k = 0; k < 4; ++k) {
             if (t.row[k] < 0) continue;
             const T coef = attn_h[s] * t.weight[k];
-            const T* v = value_h + t.row[k] * row_stride;
+            const V* v = value_h + t.row[k] * row_stride;
             if constexpr (kD > 0) {
               acc.add_scaled(coef, Row<T, kD>::load(v));
             } else {
-              axpy(coef, v, out_h, d);
+              axpy(coef, v, acc_h, d);
             }
           }
         }
       }
-      if constexpr (kD > 0) acc.store(out_h);
+      V* out_h = out + head * d;
+      if constexpr (kD > 0) {
+        if constexpr (std::is_same_v<V, T>) {
+          acc.store(out_h);
+        } else {
+          T row[kD];
+          acc.store(row);
+          for (int c = 0; c < kD; ++c) narrow(row[c], out_h[c]);
+        }
+      } else {
+        for (int64_t c = 0; c < d; ++c) narrow(acc_h[c], out_h[c]);
+      }
     }
   }
 }
@@ -251,7 +313,7 @@ CROBIM_INLINE void backward_head(const T* value, const Level* levels, const T* l
     }
     for (int64_t s0 = 0; s0 < samples; s0 += kBatch) {
       const int64_t s1 = std::min(samples, s0 + kBatch);
-      batch_taps<T>(loc_h, levels, z, s0, s1, row_stride, value_n, grad_value_n, taps, ok);
+      batch_taps<T, T>(loc_h, levels, z, s0, s1, row_stride, value_n, grad_value_n, taps, ok);
       for (int64_t s = s0; s < s1; ++s) {
         const int64_t i = head * samples + s;
         if (!ok[s - s0]) {
@@ -292,8 +354,8 @@ CROBIM_INLINE void backward_head(const T* value, const Level* levels, const T* l
 #define CROBIM_DEFINE_ENTRIES(T)                                                                               \
   CROBIM_MULTIVERSION void forward_block_##T(const T* value, const Level* levels, const T* loc, const T* attn, \
                                              T* out, const Sizes& z, int64_t b, int64_t e) {                   \
-    if (z.d == 32) return forward_block<T, 32>(value, levels, loc, attn, out, z, b, e);                        \
-    forward_block<T, 0>(value, levels, loc, attn, out, z, b, e);                                               \
+    if (z.d == 32) return forward_block<T, T, 32>(value, levels, loc, attn, out, z, b, e);                     \
+    forward_block<T, T, 0>(value, levels, loc, attn, out, z, b, e);                                            \
   }                                                                                                            \
   CROBIM_MULTIVERSION void backward_head_##T(const T* value, const Level* levels, const T* loc, const T* attn, \
                                              const T* go, T* gv, T* gl, T* ga, const Sizes& z, int64_t n,      \
@@ -304,6 +366,12 @@ CROBIM_INLINE void backward_head(const T* value, const Level* levels, const T* l
 CROBIM_DEFINE_ENTRIES(float)
 CROBIM_DEFINE_ENTRIES(double)
 #undef CROBIM_DEFINE_ENTRIES
+
+CROBIM_MULTIVERSION void forward_block_bf16(const BF16* value, const Level* levels, const float* loc,
+                                           const float* attn, BF16* out, const Sizes& z, int64_t b, int64_t e) {
+  if (z.d == 32) return forward_block<float, BF16, 32>(value, levels, loc, attn, out, z, b, e);
+  forward_block<float, BF16, 0>(value, levels, loc, attn, out, z, b, e);
+}
 
 inline void forward_entry(const float* v, const Level* lv, const float* l, const float* a, float* o,
                           const Sizes& z, int64_t b, int64_t e) {
@@ -341,6 +409,19 @@ at::Tensor ms_deform_attn_forward_cpu(const at::Tensor& value, const at::Tensor&
   const auto levels = read_levels(spatial_shapes, level_start_index, z.s);
   auto output = at::empty({z.n, z.lq, z.m * z.d}, value.options());
   // About 64 queries per task: enough work to amortize scheduling, small enough to balance threads.
+  if (value.scalar_type() == at::kBFloat16) {
+    static_assert(sizeof(at::BFloat16) == sizeof(BF16), "at::BFloat16 is 16 bits");
+    const auto* v = reinterpret_cast<const BF16*>(value.const_data_ptr<at::BFloat16>());
+    const float* loc = sampling_loc.const_data_ptr<float>();
+    const float* attn = attn_weight.const_data_ptr<float>();
+    auto* out = reinterpret_cast<BF16*>(output.mutable_data_ptr<at::BFloat16>());
+    at::parallel_for(0, z.n * z.lq, 64, [&](int64_t begin, int64_t end) {
+      forward_block_bf16(v, levels.data(), loc, attn, out, z, begin, end);
+    });
+    return output;
+  }
+  TORCH_CHECK(value.scalar_type() == at::kFloat || value.scalar_type() == at::kDouble,
+              "the CPU kernel takes float32/float64 values (bfloat16 in forward), got ", value.scalar_type());
   AT_DISPATCH_FLOATING_TYPES(value.scalar_type(), "ms_deform_attn_forward_cpu", [&] {
     const scalar_t* v = value.const_data_ptr<scalar_t>();
     const scalar_t* loc = sampling_loc.const_data_ptr<scalar_t>();
@@ -359,6 +440,9 @@ std::vector<at::Tensor> ms_deform_attn_backward_cpu(const at::Tensor& value, con
                                                     const at::Tensor& grad_output) {
   check_inputs(value, spatial_shapes, level_start_index, sampling_loc, attn_weight);
   check_grad_output(value, sampling_loc, grad_output);
+  TORCH_CHECK(value.scalar_type() == at::kFloat || value.scalar_type() == at::kDouble,
+              "the CPU backward takes float32/float64 values, got ", value.scalar_type(),
+              "; crobim_d2.modeling.ops.ms_deform_attn casts bfloat16 values to float32 when gradients are needed");
   std::vector<int32_t> level_of;
   const Sizes z = sizes_of(value, sampling_loc, level_of);
   const auto levels = read_levels(spatial_shapes, level_start_index, z.s);

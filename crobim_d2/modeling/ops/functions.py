@@ -4,9 +4,10 @@ CUDA tensors run the CUDA kernel, CPU tensors the CPU kernel. When the extension
 without CUDA and the tensors are on a GPU) the op falls back to ``ms_deform_attn_pytorch`` with one warning
 saying how to build it.
 
-Precision: the CUDA kernel runs float16/bfloat16 values natively (float accumulation); the CPU kernel runs
-float32/float64, so reduced-precision CPU values (e.g. under ``torch.autocast("cpu", torch.bfloat16)``) are
-computed in float32. Sampling locations and attention weights are always kept in float32 (float64 for double
+Precision: the CUDA kernel runs float16/bfloat16 values natively (float accumulation). The CPU kernel runs
+float32/float64, and bfloat16 values in forward when no gradient is needed (inference under
+``torch.autocast("cpu", torch.bfloat16)``: rows read as bfloat16, float32 accumulation); other
+reduced-precision CPU values, and bfloat16 ones that need gradients, are computed in float32. Sampling locations and attention weights are always kept in float32 (float64 for double
 values): a bfloat16 location would be off by a quarter pixel on a 120-pixel level. The output always has the
 dtype of ``value``, on every path, so the op is a drop-in under autocast and in a bfloat16 model.
 """
@@ -97,6 +98,10 @@ class MSDeformAttnFunction(Function):
         return grad_value, None, None, grad_loc, grad_attn
 
 
+def _needs_grad(*tensors: Tensor) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
 def ms_deform_attn(
     value: Tensor,
     spatial_shapes: Tensor,
@@ -121,6 +126,10 @@ def ms_deform_attn(
         if t.device != device:
             raise ValueError(f"{name} is on {t.device} but value is on {device}; move all inputs to one device")
     kernel_dtype = value.dtype if value.dtype in _KERNEL_DTYPES[device.type] else torch.float32
+    if device.type == "cpu" and value.dtype == torch.bfloat16 and not _needs_grad(
+        value, sampling_locations, attention_weights
+    ):
+        kernel_dtype = torch.bfloat16  # forward-only bfloat16 CPU kernel
     index_dtype = torch.float64 if kernel_dtype == torch.float64 else torch.float32
     output = MSDeformAttnFunction.apply(
         value.to(kernel_dtype).contiguous(),
