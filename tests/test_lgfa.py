@@ -6,7 +6,7 @@ from detectron2.config import get_cfg
 from detectron2.layers import ShapeSpec
 
 from crobim_d2 import add_crobim_config
-from crobim_d2.modeling.lgfa import LanguageGuidedFeatureAggregation, attention_deficit_map
+from crobim_d2.modeling.lgfa import LanguageGuidedFeatureAggregation, attention_deficit_map, self_attention
 
 CHANNELS = [8, 16, 32, 64]
 
@@ -119,3 +119,11 @@ def test_folded_fusion_equals_the_equations_as_written():
     fused, attn_map = fusion(v, lang, mask)
     assert torch.allclose(fused, expected.transpose(1, 2).reshape(n, c, h, w), atol=1e-5)
     assert torch.allclose(attn_map, probs.mean(1).transpose(1, 2).reshape(n, -1, h, w), atol=1e-6)
+
+
+def test_adc_self_attention_equals_multihead_attention():
+    torch.manual_seed(0)
+    attn = torch.nn.MultiheadAttention(32, 4, batch_first=True).eval()
+    x = torch.randn(3, 21, 32)
+    want = attn(x, x, x, need_weights=False)[0]
+    torch.testing.assert_close(self_attention(attn, x), want, rtol=1e-5, atol=1e-6)

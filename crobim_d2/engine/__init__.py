@@ -9,9 +9,9 @@ from .optimizer import build_optimizer, get_param_groups
 from .train_loop import CPUAutocastTrainer, build_step_trainer
 
 __all__ = [
-    "apply_cpu_malloc_reuse",
     "CPUAutocastTrainer",
     "PolyParamScheduler",
+    "apply_cpu_malloc_reuse",
     "build_lr_scheduler",
     "build_optimizer",
     "build_step_trainer",
