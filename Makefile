@@ -30,7 +30,7 @@ $(VENV)/.stamp-detectron2: $(VENV)/.stamp-deps tools/install_detectron2.sh
 	bash tools/install_detectron2.sh $(PY)
 	touch $@
 
-$(VENV)/.stamp-package: $(VENV)/.stamp-detectron2 setup.py $(wildcard csrc/*.* csrc/*/*.*)
+$(VENV)/.stamp-package: $(VENV)/.stamp-detectron2 setup.py $(wildcard csrc/*.cpp csrc/*.h csrc/*/*.cpp csrc/*/*.cu csrc/*/*.h)
 	$(BUILD_ENV) $(PIP) install -q --no-build-isolation --no-deps -e .
 	touch $@
 
