@@ -7,8 +7,9 @@ saying how to build it.
 Precision: the CUDA kernel runs float16/bfloat16 values natively (float accumulation). The CPU kernel runs
 float32/float64, and bfloat16 values in forward when no gradient is needed (inference under
 ``torch.autocast("cpu", torch.bfloat16)``: rows read as bfloat16, float32 accumulation); other
-reduced-precision CPU values, and bfloat16 ones that need gradients, are computed in float32. Sampling locations and attention weights are always kept in float32 (float64 for double
-values): a bfloat16 location would be off by a quarter pixel on a 120-pixel level. The output always has the
+reduced-precision CPU values, and bfloat16 ones that need gradients, are computed in float32. Sampling
+locations and attention weights are always kept in float32 (float64 for double values): a bfloat16 location
+would be off by a quarter pixel on a 120-pixel level. The output always has the
 dtype of ``value``, on every path, so the op is a drop-in under autocast and in a bfloat16 model.
 """
 import importlib
