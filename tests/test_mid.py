@@ -142,8 +142,10 @@ def test_long_softmax_stays_float32_under_bf16_autocast(monkeypatch):
         layer.lang_cross(
             torch.randn(1, 3, 32), torch.randn(1, 50, 32), torch.randn(1, 50, 32)
         )  # 50 visual keys
-        layer.vis_cross(torch.randn(1, 50, 32), torch.randn(1, 3, 32), torch.randn(1, 3, 32))  # 3 word keys
-    assert dtypes == [torch.float32, torch.bfloat16]
+        out = layer.vis_cross(torch.randn(1, 50, 32), torch.randn(1, 3, 32), torch.randn(1, 3, 32))  # 3 words
+    # The long softmax is float32 on every device; the short one too on the CPU only (sdpa.py: PyTorch's
+    # bfloat16 CPU kernel is the slower one), with the result back in bfloat16 for the output projection.
+    assert dtypes == [torch.float32, torch.float32] and out.dtype == torch.bfloat16
 
 
 @pytest.mark.parametrize("with_mask", [False, True])
@@ -165,3 +167,21 @@ def test_few_query_attention_equals_projected_attention(with_mask):
     mask = torch.rand(2, 50, generator=torch.Generator().manual_seed(1)) > 0.3 if with_mask else None
     expected = full(query, key, value, mask)
     assert torch.allclose(few(query, key, value, mask), expected, atol=1e-12)
+
+
+def test_cpu_bfloat16_attention_runs_in_float32():
+    from crobim_d2.modeling.sdpa import scaled_dot_product_attention
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 4, n, 16, dtype=torch.bfloat16, requires_grad=True) for n in (30, 7, 7))
+    mask = torch.rand(2, 1, 1, 7) > 0.3
+    mask[..., 0] = True
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    assert out.dtype == torch.bfloat16
+    expected = torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask)
+    assert torch.equal(out, expected.to(torch.bfloat16))  # float32 math, one rounding at the end
+    out.float().sum().backward()
+    assert all(t.grad is not None and t.grad.dtype == torch.bfloat16 for t in (q, k, v))
+    q32 = q.detach().float()
+    assert torch.equal(scaled_dot_product_attention(q32, q32, q32), torch.nn.functional.scaled_dot_product_attention(q32, q32, q32))

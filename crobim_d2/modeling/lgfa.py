@@ -10,6 +10,7 @@ from detectron2.layers import ShapeSpec
 from torch import nn
 
 from .capm import stage_indices
+from .sdpa import scaled_dot_product_attention
 
 
 def block_diagonal(x: torch.Tensor) -> torch.Tensor:
@@ -86,11 +87,11 @@ def self_attention(attn: nn.MultiheadAttention, x: torch.Tensor) -> torch.Tensor
     projection and F.scaled_dot_product_attention. nn.MultiheadAttention's batch-first path transposes x to
     (L, N, C) before its projection; at the ADC's (16, 85, 256) that projection ran as a batched matmul on an
     expanded copy of the weight (85 x 256 x 768): that copy alone took 13 ms of ADC's 24 ms per 480x480 image
-    (Swin-B config, bf16 autocast)."""
+    (Swin-B config, bf16 autocast). The attention itself runs in float32 on the CPU (``sdpa``)."""
     n, length, c = x.shape
     m = attn.num_heads
     qkv = F.linear(x, attn.in_proj_weight, attn.in_proj_bias).view(n, length, 3, m, c // m).permute(2, 0, 3, 1, 4)
-    out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], dropout_p=attn.dropout if attn.training else 0.0)
+    out = scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], dropout_p=attn.dropout if attn.training else 0.0)
     return attn.out_proj(out.transpose(1, 2).reshape(n, length, c))
 
 

@@ -11,6 +11,7 @@ from detectron2.layers import ShapeSpec
 from torch import nn
 
 from . import ops
+from .sdpa import scaled_dot_product_attention
 
 ATTENTION_SCHEMES = ("cascaded", "unidirectional", "parallel")
 
@@ -74,7 +75,7 @@ class Attention(nn.Module):
             with precision:
                 if self.fp32:
                     q, k, v = q.float(), k.float(), v.float()
-                out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+                out = scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
         return self.out(out.transpose(1, 2).flatten(2).to(query.dtype))
 
 

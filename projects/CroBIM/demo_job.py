@@ -9,10 +9,6 @@ import os
 import sys
 import time
 
-# Idle OpenMP threads sleep instead of spinning: with 2 threads on a loaded 2-core machine, spinning cost 7.6 vs
-# 1.6 CPU-seconds per training iteration of the demo config (measured). Must be set before torch loads.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 import cv2
 import numpy as np
 import torch
