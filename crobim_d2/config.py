@@ -19,6 +19,13 @@ def add_crobim_config(cfg: CN) -> None:
     cfg.INPUT.RANDOM_BLACK_BOXES.PROB = 0.5
     cfg.INPUT.RANDOM_BLACK_BOXES.MAX_BOXES = 3
     cfg.INPUT.RANDOM_BLACK_BOXES.MAX_SIZE = 0.2  # box side as a fraction of the image side
+    # Flips of image and mask that swap the expression's spatial words to match (left/right, top/bottom,
+    # above/below, ...; crobim_d2/data/spatial_flip.py). Off in the paper. Detectron2's INPUT.RANDOM_FLIP
+    # is not used: a flip that keeps "the tank at the left" would mislabel the mirrored image.
+    cfg.INPUT.SPATIAL_FLIP = CN()
+    cfg.INPUT.SPATIAL_FLIP.ENABLED = False
+    cfg.INPUT.SPATIAL_FLIP.HORIZONTAL_PROB = 0.5
+    cfg.INPUT.SPATIAL_FLIP.VERTICAL_PROB = 0.5
 
     # ImageNet statistics in RGB order.
     cfg.MODEL.PIXEL_MEAN = [123.675, 116.28, 103.53]

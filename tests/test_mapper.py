@@ -81,3 +81,50 @@ def test_bad_records_name_the_file(record, tmp_path):
         mapper(dict(record, file_name=str(tmp_path / "missing.png")))
     with pytest.raises(ValueError, match="Empty referring expression"):
         mapper(dict(record, sentence=" "))
+
+
+def test_flip_expression_swaps_spatial_words_only():
+    from crobim_d2.data.spatial_flip import flip_expression
+
+    s = "The tank left of the Top-Right ship, above the leftmost upper court in the northwest"
+    assert flip_expression(s, True, False) == (
+        "The tank right of the Top-Left ship, above the rightmost upper court in the northeast"
+    )
+    assert flip_expression(s, False, True) == (
+        "The tank left of the Bottom-Right ship, below the leftmost lower court in the southwest"
+    )
+    assert flip_expression(s, True, True) == (
+        "The tank right of the Bottom-Left ship, below the rightmost lower court in the southeast"
+    )
+    assert flip_expression(s, False, False) == s
+    # Whole words only; words that merely contain a spatial word are kept.
+    assert flip_expression("the leftover bright stopper", True, True) == "the leftover bright stopper"
+    assert flip_expression("LEFT", True, False) == "RIGHT"
+
+
+def test_spatial_flip_moves_mask_and_rewrites_expression(record):
+    cfg = _cfg()
+    cfg.INPUT.SPATIAL_FLIP.ENABLED = True
+    cfg.INPUT.SPATIAL_FLIP.HORIZONTAL_PROB = 1.0
+    cfg.INPUT.SPATIAL_FLIP.VERTICAL_PROB = 0.0
+    out = RRSISDatasetMapper(cfg, is_train=True)(record)
+    assert out["sentence"] == "the left half" and record["sentence"] == "the right half"
+    assert out["gt_mask"][:, :16].all() and not out["gt_mask"][:, 16:].any()  # the bright half moved left
+    assert (out["image"][:, :, :14] == 200).all() and (out["image"][:, :, 18:] == 0).all()
+    tokenizer = build_tokenizer(cfg.MODEL.TEXT_ENCODER.WEIGHTS)
+    assert out["lang_tokens"][1] == tokenizer.convert_tokens_to_ids("the")
+    assert tokenizer.convert_tokens_to_ids("left") in out["lang_tokens"].tolist()
+    # Evaluation never flips, and the flip probabilities must be probabilities.
+    test = RRSISDatasetMapper(cfg, is_train=False)(record)
+    assert test["sentence"] == "the right half" and (test["image"][:, :, 18:] == 200).all()
+    cfg.INPUT.SPATIAL_FLIP.VERTICAL_PROB = 1.5
+    with pytest.raises(ValueError, match="vflip_prob=1.5 is not a probability"):
+        RRSISDatasetMapper(cfg, is_train=True)
+
+
+def test_spatial_flip_probability_is_used(record):
+    torch.manual_seed(0)
+    mapper = RRSISDatasetMapper(True, tokenizer=build_tokenizer(""), image_size=16, max_tokens=8,
+                                hflip_prob=0.5, vflip_prob=0.0)
+    flipped = sum(mapper(record)["sentence"] == "the left half" for _ in range(200))
+    assert 70 < flipped < 130

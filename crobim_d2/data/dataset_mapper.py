@@ -9,6 +9,7 @@ from PIL import Image
 
 from .images import read_image_rgb
 from .masks import load_gt_mask
+from .spatial_flip import flip_arrays, flip_expression
 from .tokenization import build_tokenizer, encode_expression
 
 __all__ = ["RRSISDatasetMapper"]
@@ -19,8 +20,10 @@ class RRSISDatasetMapper:
 
     Output: the record's fields plus ``image`` uint8 (3, S, S), ``lang_tokens`` / ``lang_mask`` int64 (T,),
     ``height`` / ``width`` of the original image, and in training ``gt_mask`` uint8 (S, S) resized with
-    nearest neighbour. Augmentation is off by default as in the paper; RMSIN's random black boxes (zeroed
-    rectangles on the image, the mask unchanged) can be enabled for training.
+    nearest neighbour. Augmentation is off by default as in the paper; two kinds can be enabled for training:
+    RMSIN's random black boxes (zeroed rectangles on the image, the mask unchanged), and flips that swap the
+    expression's spatial words (left/right, top/bottom, above/below, ...; ``spatial_flip.flip_expression``)
+    so that the flipped image and mask still match it.
     """
 
     @configurable
@@ -34,6 +37,8 @@ class RRSISDatasetMapper:
         black_boxes_prob: float = 0.0,
         black_boxes_max: int = 3,
         black_boxes_max_size: float = 0.2,
+        hflip_prob: float = 0.0,
+        vflip_prob: float = 0.0,
     ):
         self.is_train = is_train
         self.tokenizer = tokenizer
@@ -42,10 +47,16 @@ class RRSISDatasetMapper:
         self.black_boxes_prob = black_boxes_prob if is_train else 0.0
         self.black_boxes_max = black_boxes_max
         self.black_boxes_max_size = black_boxes_max_size
+        for name, p in (("hflip_prob", hflip_prob), ("vflip_prob", vflip_prob)):
+            if not 0.0 <= p <= 1.0:
+                raise ValueError(f"{name}={p} is not a probability (INPUT.SPATIAL_FLIP); use a value in [0, 1].")
+        self.hflip_prob = hflip_prob if is_train else 0.0
+        self.vflip_prob = vflip_prob if is_train else 0.0
 
     @classmethod
     def from_config(cls, cfg, is_train: bool = True) -> dict[str, Any]:
         boxes = cfg.INPUT.RANDOM_BLACK_BOXES
+        flip = cfg.INPUT.SPATIAL_FLIP
         return {
             "is_train": is_train,
             "tokenizer": build_tokenizer(cfg.MODEL.TEXT_ENCODER.WEIGHTS),
@@ -54,6 +65,8 @@ class RRSISDatasetMapper:
             "black_boxes_prob": boxes.PROB if boxes.ENABLED else 0.0,
             "black_boxes_max": boxes.MAX_BOXES,
             "black_boxes_max_size": boxes.MAX_SIZE,
+            "hflip_prob": flip.HORIZONTAL_PROB if flip.ENABLED else 0.0,
+            "vflip_prob": flip.VERTICAL_PROB if flip.ENABLED else 0.0,
         }
 
     def _black_boxes(self, image: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
@@ -69,6 +82,13 @@ class RRSISDatasetMapper:
             image[y : y + h, x : x + w] = 0
         return image
 
+    def _draw_flips(self) -> tuple[bool, bool]:
+        """Whether to flip horizontally / vertically (Detectron2 seeds torch's generator per worker)."""
+        if self.hflip_prob == 0 and self.vflip_prob == 0:
+            return False, False
+        u = torch.rand(2).tolist()
+        return u[0] < self.hflip_prob, u[1] < self.vflip_prob
+
     def __call__(self, dataset_dict: dict[str, Any]) -> dict[str, Any]:
         record = copy.deepcopy(dataset_dict)
         image = read_image_rgb(record["file_name"])
@@ -83,11 +103,16 @@ class RRSISDatasetMapper:
         image = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
         if self.black_boxes_prob > 0:
             image = self._black_boxes(image)
+        hflip, vflip = self._draw_flips()
+        if hflip or vflip:
+            image, = flip_arrays([image], hflip, vflip)
+            record["sentence"] = flip_expression(record["sentence"], hflip, vflip)
         record["image"] = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
         record["lang_tokens"], record["lang_mask"] = encode_expression(
             self.tokenizer, record["sentence"], self.max_tokens
         )
         if self.is_train:
             mask = Image.fromarray(load_gt_mask(record).astype(np.uint8)).resize(size, Image.NEAREST)
-            record["gt_mask"] = torch.from_numpy(np.asarray(mask, dtype=np.uint8).copy())
+            mask, = flip_arrays([np.array(mask, dtype=np.uint8)], hflip, vflip)
+            record["gt_mask"] = torch.from_numpy(mask)
         return record
