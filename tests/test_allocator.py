@@ -36,7 +36,9 @@ def test_reuse_stops_page_faults_on_repeated_large_tensors():
     default, reuse = loop_faults("default"), loop_faults("reuse")
     pages = 20 * 64 * 2**20 // 4096  # what 20 fresh mmaps of 64 MiB fault in (4 KiB pages)
     assert default > pages // 2, default
-    assert reuse < pages // 5, (reuse, default)  # at most a few of the 20 tensors get fresh pages
+    # At most a few of the 20 tensors get fresh pages: usually 1, up to 4 seen while a training job shared
+    # the machine (default: all 20).
+    assert reuse < pages // 3, (reuse, default)
 
 
 def test_config_key_and_device_gate():
