@@ -9,7 +9,7 @@ from PIL import Image
 
 from .images import read_image_rgb
 from .masks import load_gt_mask
-from .spatial_flip import flip_arrays, flip_expression
+from .spatial_flip import flip_array, flip_expression
 from .tokenization import build_tokenizer, encode_expression
 
 __all__ = ["RRSISDatasetMapper"]
@@ -105,7 +105,7 @@ class RRSISDatasetMapper:
             image = self._black_boxes(image)
         hflip, vflip = self._draw_flips()
         if hflip or vflip:
-            image, = flip_arrays([image], hflip, vflip)
+            image = flip_array(image, hflip, vflip)
             record["sentence"] = flip_expression(record["sentence"], hflip, vflip)
         record["image"] = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
         record["lang_tokens"], record["lang_mask"] = encode_expression(
@@ -113,6 +113,6 @@ class RRSISDatasetMapper:
         )
         if self.is_train:
             mask = Image.fromarray(load_gt_mask(record).astype(np.uint8)).resize(size, Image.NEAREST)
-            mask, = flip_arrays([np.array(mask, dtype=np.uint8)], hflip, vflip)
+            mask = flip_array(np.array(mask, dtype=np.uint8), hflip, vflip)
             record["gt_mask"] = torch.from_numpy(mask)
         return record

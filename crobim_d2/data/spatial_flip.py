@@ -8,7 +8,7 @@ import re
 
 import numpy as np
 
-__all__ = ["FLIP_WORD_PAIRS", "flip_expression", "flip_arrays"]
+__all__ = ["FLIP_WORD_PAIRS", "flip_array", "flip_expression"]
 
 FLIP_WORD_PAIRS = {
     "horizontal": (
@@ -64,13 +64,10 @@ def flip_expression(sentence: str, horizontal: bool, vertical: bool) -> str:
     return out
 
 
-def flip_arrays(arrays: list[np.ndarray], horizontal: bool, vertical: bool) -> list[np.ndarray]:
-    """Flip (H, W, ...) arrays alike: horizontal mirrors the columns, vertical the rows."""
-    out = []
-    for a in arrays:
-        if horizontal:
-            a = a[:, ::-1]
-        if vertical:
-            a = a[::-1]
-        out.append(np.ascontiguousarray(a))
-    return out
+def flip_array(a: np.ndarray, horizontal: bool, vertical: bool) -> np.ndarray:
+    """Flip an (H, W, ...) array: horizontal mirrors the columns, vertical the rows (a contiguous copy)."""
+    if horizontal:
+        a = a[:, ::-1]
+    if vertical:
+        a = a[::-1]
+    return np.ascontiguousarray(a)
