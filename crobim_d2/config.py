@@ -30,6 +30,9 @@ def add_crobim_config(cfg: CN) -> None:
     # ImageNet statistics in RGB order.
     cfg.MODEL.PIXEL_MEAN = [123.675, 116.28, 103.53]
     cfg.MODEL.PIXEL_STD = [58.395, 57.12, 57.375]
+    # Inference and evaluation refuse a MODEL.WEIGHTS whose parameters do not all match the model (names and
+    # shapes); True loads only the matching ones (crobim_d2/checkpoint.py). Training always loads partially.
+    cfg.MODEL.ALLOW_PARTIAL_WEIGHTS = False
 
     # Text encoder: a Hugging Face BertModel.
     cfg.MODEL.TEXT_ENCODER = CN()

@@ -4,11 +4,11 @@ import os
 
 import numpy as np
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.modeling import build_model
 from PIL import Image
 
+from .checkpoint import load_inference_weights
 from .data.tokenization import build_tokenizer, encode_expression
 from .engine.allocator import apply_cpu_malloc_reuse
 
@@ -34,7 +34,7 @@ class RRSISPredictor:
                 f"MODEL.WEIGHTS={weights!r} does not exist; give a checkpoint written by train_net.py "
                 "(e.g. output/.../model_final.pth)."
             )
-        DetectionCheckpointer(self.model).load(weights)
+        load_inference_weights(self.model, weights, allow_partial=cfg.MODEL.ALLOW_PARTIAL_WEIGHTS)
         self.tokenizer = build_tokenizer(cfg.MODEL.TEXT_ENCODER.WEIGHTS)
         self.image_size = cfg.INPUT.IMAGE_SIZE
         self.max_tokens = cfg.INPUT.MAX_TOKENS

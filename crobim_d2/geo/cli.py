@@ -146,6 +146,7 @@ def build_predictor(config_file: str, weights: str, opts: Sequence[str], device:
     from detectron2.config import get_cfg
 
     from crobim_d2 import RRSISPredictor, add_crobim_config
+    from crobim_d2.checkpoint import CheckpointError
 
     cfg = get_cfg()
     add_crobim_config(cfg)
@@ -163,7 +164,10 @@ def build_predictor(config_file: str, weights: str, opts: Sequence[str], device:
     elif "MODEL.DEVICE" not in opts[::2]:
         cfg.MODEL.DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
     cfg.freeze()
-    return RRSISPredictor(cfg)
+    try:
+        return RRSISPredictor(cfg)
+    except CheckpointError as e:
+        raise GeoInputError(f"--weights: {e}") from None
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -174,6 +178,12 @@ def get_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--config-file", required=True, help="CroBIM config YAML the checkpoint was trained with")
     p.add_argument("--weights", required=True, help="trained CroBIM checkpoint (.pth)")
+    p.add_argument(
+        "--allow-partial-weights",
+        action="store_true",
+        help="load a --weights that does not match the config, keeping only the matching parameters "
+        "(the others stay random; by default a mismatch is an error)",
+    )
     p.add_argument("--input", nargs="+", help="one or more rasters (PNG, JPEG, TIFF, GeoTIFF)")
     p.add_argument("--expression", action="append", help="referring expression; repeat for several per image")
     p.add_argument(
@@ -243,7 +253,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         jobs, bands, percentiles = _prepare(args)
-        predict = build_predictor(args.config_file, args.weights, args.opts, args.device)
+        partial = ["MODEL.ALLOW_PARTIAL_WEIGHTS", "True"] if args.allow_partial_weights else []
+        predict = build_predictor(args.config_file, args.weights, [*args.opts, *partial], args.device)
         records = run_jobs(
             jobs, predict, args.output_dir, bands, percentiles, args.threshold, args.min_area, args.save_prob
         )
