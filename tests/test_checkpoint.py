@@ -28,14 +28,13 @@ from crobim_d2.checkpoint import (
     load_inference_weights,
     read_checkpoint,
 )
-from crobim_d2.data.synrrsis import SynRRSISParams, generate_synrrsis
 from crobim_d2.geo import cli
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 TRAIN_NET = os.path.join(os.path.dirname(TESTS), "projects", "CroBIM", "train_net.py")
 sys.path.insert(0, os.path.dirname(TRAIN_NET))
 import train_net
-from test_train_net import TINY, parse, register_tiny
+from test_train_net import TINY, data_root, parse  # noqa: F401  (data_root: a fixture, the tiny synrrsis)
 
 
 class _RunsCode:
@@ -151,9 +150,10 @@ def test_read_checkpoint_refuses_code_before_it_runs(tmp_path, suffix, payload):
     assert not marker.exists()
 
 
+@pytest.mark.usefixtures("data_root")
 @pytest.mark.parametrize("suffix", [".pkl", ".pth"])
 @pytest.mark.parametrize("entry", ENTRY_POINTS)
-def test_entry_points_refuse_code_in_checkpoints(data_root, tmp_path, capsys, entry, suffix):
+def test_entry_points_refuse_code_in_checkpoints(tmp_path, capsys, entry, suffix):
     marker = tmp_path / "ran"
     path = _crafted(tmp_path / f"evil{suffix}", marker)
     message = _run_entry_point(entry, path, tmp_path, capsys)
@@ -203,9 +203,10 @@ def test_damaged_files_name_the_file_and_the_fix(tmp_path, kind, suffix):
         read_checkpoint(damaged)
 
 
+@pytest.mark.usefixtures("data_root")
 @pytest.mark.parametrize("kind", ["truncated", "empty", "text"])
 @pytest.mark.parametrize("entry", ENTRY_POINTS)
-def test_entry_points_report_damaged_checkpoints(data_root, tiny_weights, tmp_path, capsys, entry, kind):
+def test_entry_points_report_damaged_checkpoints(tiny_weights, tmp_path, capsys, entry, kind):
     damaged = _damage(tiny_weights[1], kind)
     message = _run_entry_point(entry, damaged, tmp_path, capsys)
     assert f"{damaged} is not a readable checkpoint" in message and "Traceback" not in message
@@ -226,10 +227,9 @@ def test_non_checkpoint_pickles_are_refused_clearly(tmp_path):
             read_checkpoint(str(path))
 
 
+@pytest.mark.usefixtures("data_root")
 @pytest.mark.parametrize("entry", ENTRY_POINTS)
-def test_checkpoint_of_another_size_is_refused_with_the_keys(
-    data_root, tiny_weights, tmp_path, capsys, entry
-):
+def test_checkpoint_of_another_size_is_refused_with_the_keys(tiny_weights, tmp_path, capsys, entry):
     other_size = ["MODEL.CROBIM.HIDDEN_DIM", "48"]
     message = _run_entry_point(entry, tiny_weights[1], tmp_path, capsys, *other_size)
     assert f"{tiny_weights[1]} does not match the model built from this config" in message
@@ -240,7 +240,8 @@ def test_checkpoint_of_another_size_is_refused_with_the_keys(
     assert "--allow-partial-weights" in message
 
 
-def test_partial_load_on_purpose(data_root, tiny_weights, tmp_path):
+@pytest.mark.usefixtures("data_root")
+def test_partial_load_on_purpose(tiny_weights, tmp_path):
     model, path = tiny_weights
     saved = model.state_dict()
     other_size = ["MODEL.CROBIM.HIDDEN_DIM", "48"]
@@ -266,7 +267,8 @@ def test_missing_and_unexpected_keys_are_listed(tmp_path):
     assert f"{cause}; use the config it was trained with ({tmp_path / 'config.yaml'} beside it)" in message
 
 
-def test_training_starts_from_backbone_weights_and_inference_refuses_them(data_root, tiny_weights, tmp_path):
+@pytest.mark.usefixtures("data_root")
+def test_training_starts_from_backbone_weights_and_inference_refuses_them(tiny_weights, tmp_path):
     """Converted backbones (projects/CroBIM/tools/convert_*.py) hold only backbone.*: training loads them."""
     saved = tiny_weights[0].state_dict()
     backbone_only = str(tmp_path / "backbone.pth")
@@ -329,14 +331,6 @@ def test_resume_without_a_complete_checkpoint_stops_clearly(tmp_path):
         CroBIMCheckpointer(nn.Linear(2, 2), str(tmp_path)).resume_or_load("", resume=True)
 
 
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp("datasets"))
-    generate_synrrsis(root, SynRRSISParams(image_size=64, num_train=4, num_val=1, num_test=2))
-    register_tiny(root)
-    return root
-
-
 # Runs train_net.py as a script with torch.save writing half of its N-th checkpoint and then hanging, so that
 # the kill lands inside a save every time.
 _BLOCKING_SAVE = r"""
@@ -364,15 +358,16 @@ runpy.run_path(script, run_name="__main__")
 
 
 @pytest.mark.slow
-def test_kill_during_a_checkpoint_save_then_resume(data_root, tmp_path):
+def test_kill_during_a_checkpoint_save_then_resume(tmp_path, request):
     """SIGKILL train_net.py while it writes its second checkpoint; --resume continues from the first."""
+    root = request.getfixturevalue("data_root")
     out = tmp_path / "train"
     signal_file = tmp_path / "saving"
     args = ["--config-file", CONFIG, *TINY, "OUTPUT_DIR", str(out)]
     pythonpath = os.pathsep.join([os.path.dirname(TESTS), os.environ.get("PYTHONPATH", "")])
     with open(tmp_path / "killed_run.log", "w") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-c", _BLOCKING_SAVE, TESTS, data_root, "2", str(signal_file), TRAIN_NET, *args],
+            [sys.executable, "-c", _BLOCKING_SAVE, TESTS, root, "2", str(signal_file), TRAIN_NET, *args],
             stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": pythonpath},
         )
         deadline = time.monotonic() + 240
