@@ -84,8 +84,10 @@ def add_crobim_config(cfg: CN) -> None:
     cfg.MODEL.CROBIM.DROPOUT = 0.0
     # Loss (Eq. 18): LOSS_LAMBDA * CE + (1 - LOSS_LAMBDA) * Dice
     cfg.MODEL.CROBIM.LOSS_LAMBDA = 0.9
-    # Inference precision: "float32" or "bfloat16" (autocast, CPU and GPU)
-    cfg.MODEL.CROBIM.INFERENCE_DTYPE = "float32"
+    # Inference precision (crobim_d2/precision.py): "auto" = the fastest the device runs natively (bfloat16
+    # autocast on CPUs with native bfloat16 and on GPUs that have it, else float32), or "float32" /
+    # "bfloat16" / "float16" as given.
+    cfg.MODEL.CROBIM.INFERENCE_DTYPE = "auto"
 
     # Optimisation (AdamW, polynomial decay, per iteration).
     cfg.SOLVER.OPTIMIZER = "ADAMW"
@@ -94,6 +96,9 @@ def add_crobim_config(cfg: CN) -> None:
     cfg.SOLVER.POLY_LR_POWER = 0.9
     cfg.SOLVER.POLY_LR_END = 0.0
     cfg.SOLVER.AMP.ENABLED = False
+    # With AMP enabled: "auto" = float16 with loss scaling on CUDA, bfloat16 on a CPU that runs it natively,
+    # float32 (no autocast) on other CPUs; or "bfloat16" / "float16" as given.
+    cfg.SOLVER.AMP.DTYPE = "auto"
 
     # Evaluation: 0 = score at each image's full resolution; e.g. 480 = at 480x480 like LAVT/RMSIN.
     cfg.TEST.RRSIS_EVAL_SIZE = 0
