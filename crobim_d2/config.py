@@ -113,3 +113,5 @@ def add_crobim_config(cfg: CN) -> None:
 
     # Evaluation: 0 = score at each image's full resolution; e.g. 480 = at 480x480 like LAVT/RMSIN.
     cfg.TEST.RRSIS_EVAL_SIZE = 0
+    # Record fields whose values get metrics of their own (e.g. "template" for synrrsis's expression kinds).
+    cfg.TEST.RRSIS_GROUP_BY = ["category"]
