@@ -97,3 +97,7 @@ def add_crobim_config(cfg: CN) -> None:
 
     # Evaluation: 0 = score at each image's full resolution; e.g. 480 = at 480x480 like LAVT/RMSIN.
     cfg.TEST.RRSIS_EVAL_SIZE = 0
+
+    # Decode every image and mask of DATASETS.TRAIN and TEST once before training (crobim_d2/data/check.py):
+    # an unreadable file stops the run before the first iteration instead of in the middle.
+    cfg.DATASETS.CHECK_AT_START = True
