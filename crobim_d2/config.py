@@ -115,3 +115,7 @@ def add_crobim_config(cfg: CN) -> None:
     cfg.TEST.RRSIS_EVAL_SIZE = 0
     # Record fields whose values get metrics of their own (e.g. "template" for synrrsis's expression kinds).
     cfg.TEST.RRSIS_GROUP_BY = ["category"]
+
+    # Decode every image and mask of DATASETS.TRAIN and TEST once before training (crobim_d2/data/check.py):
+    # an unreadable file stops the run before the first iteration instead of in the middle.
+    cfg.DATASETS.CHECK_AT_START = True
