@@ -73,6 +73,8 @@ def add_crobim_config(cfg: CN) -> None:
     cfg.MODEL.TIMM.DROP_PATH_RATE = 0.0
     # Batch norms keep their pretrained statistics in training (their affine parameters still learn).
     cfg.MODEL.TIMM.FREEZE_BN = True
+    # NHWC memory layout inside the timm model (faster convolutions on CPUs); outputs stay NCHW.
+    cfg.MODEL.TIMM.CHANNELS_LAST = False
 
     cfg.MODEL.CROBIM = CN()
     cfg.MODEL.CROBIM.IN_FEATURES = ["res2", "res3", "res4", "res5"]  # V1..V4

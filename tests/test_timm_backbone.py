@@ -131,3 +131,16 @@ def test_frozen_batch_norm_keeps_pretrained_statistics():
     backbone.train()
     backbone(torch.randn(2, 3, 64, 64))
     assert not torch.equal(bn.running_mean, before)
+
+
+def test_channels_last_gives_the_same_features():
+    x = torch.randn(2, 3, 64, 96, generator=torch.Generator().manual_seed(1))
+    outs = []
+    for channels_last in (False, True):
+        torch.manual_seed(0)
+        backbone = D2TimmBackbone(name="mobilenetv2_100", channels_last=channels_last).eval()
+        with torch.no_grad():
+            outs.append(backbone(x))
+    for name in outs[0]:
+        assert outs[1][name].is_contiguous()
+        torch.testing.assert_close(outs[1][name], outs[0][name], rtol=1e-3, atol=1e-4)  # other summation order
