@@ -119,20 +119,23 @@ def test_convert_swin(tmp_path):
     assert backbone(torch.zeros(1, 3, 224, 224))["res5"].shape == (1, 128, 7, 7)
 
 
-def test_convert_convnext(tmp_path):
-    official = fabricate_official_convnext()
-    torch.save({"model": official}, tmp_path / "convnext.pth")
+def convert_tiny_convnext(tool: str, saved: dict, unused: list[str], tmp_path) -> dict:
+    """Run ``tool`` on ``saved`` for a tiny D2ConvNeXt; check its report and the loaded keys; the state dict."""
+    torch.save(saved, tmp_path / "in.pth")
     opts = ["MODEL.CONVNEXT.DEPTHS", "[1, 1, 2, 1]", "MODEL.CONVNEXT.DIMS", "[8, 16, 32, 64]"]
-    report = _tool("convert_convnext").main(
-        [str(tmp_path / "convnext.pth"), str(tmp_path / "out.pth"), "--opts", *opts]
-    )
-    assert report["unused"] == ["head.fc.bias", "head.fc.weight", "head.norm.bias", "head.norm.weight"]
+    report = _tool(tool).main([str(tmp_path / "in.pth"), str(tmp_path / "out.pth"), "--opts", *opts])
+    assert report["unused"] == unused
     assert report["missing"] == [f"norm{i}.{p}" for i in range(4) for p in ("bias", "weight")]
-
     backbone = D2ConvNeXt(depths=(1, 1, 2, 1), dims=(8, 16, 32, 64))
     result = _load(backbone, tmp_path / "out.pth")
     assert sorted(result.missing_keys) == report["missing"] and not result.unexpected_keys
-    sd = backbone.state_dict()
+    return backbone.state_dict()
+
+
+def test_convert_convnext(tmp_path):
+    official = fabricate_official_convnext()
+    unused = ["head.fc.bias", "head.fc.weight", "head.norm.bias", "head.norm.weight"]
+    sd = convert_tiny_convnext("convert_convnext", {"model": official}, unused, tmp_path)
     assert torch.equal(sd["convnext.stem.0.weight"], official["downsample_layers.0.0.weight"])
     assert torch.equal(sd["convnext.stages.2.downsample.1.weight"], official["downsample_layers.2.1.weight"])
     assert torch.equal(sd["convnext.stages.2.blocks.1.conv_dw.weight"], official["stages.2.1.dwconv.weight"])
@@ -185,17 +188,8 @@ def test_convert_smlfr(tmp_path, layout):
     pre-training decoder (HIT-SIRS/SMLFR Pretrain/main.py, encoder.py, pcfm.py)."""
     encoder = {k: v for k, v in fabricate_official_convnext().items() if not k.startswith(("norm.", "head."))}
     saved = encoder if layout == "encoder" else fabricate_smlfr_pretraining(encoder)
-    torch.save(saved, tmp_path / "smlfr.pth")
-    opts = ["MODEL.CONVNEXT.DEPTHS", "[1, 1, 2, 1]", "MODEL.CONVNEXT.DIMS", "[8, 16, 32, 64]"]
-    report = _tool("convert_smlfr").main([str(tmp_path / "smlfr.pth"), str(tmp_path / "out.pth"), "--opts", *opts])
     pretraining = [] if layout == "encoder" else sorted(k for k in saved["module"] if not k.startswith("sparse_"))
-    assert report["unused"] == pretraining
-    assert report["missing"] == [f"norm{i}.{p}" for i in range(4) for p in ("bias", "weight")]
-
-    backbone = D2ConvNeXt(depths=(1, 1, 2, 1), dims=(8, 16, 32, 64))
-    result = _load(backbone, tmp_path / "out.pth")
-    assert sorted(result.missing_keys) == report["missing"] and not result.unexpected_keys
-    sd = backbone.state_dict()
+    sd = convert_tiny_convnext("convert_smlfr", saved, pretraining, tmp_path)
     assert torch.equal(sd["convnext.stem.1.weight"], encoder["downsample_layers.0.1.weight"])
     assert torch.equal(sd["convnext.stages.3.downsample.1.weight"], encoder["downsample_layers.3.1.weight"])
     assert torch.equal(sd["convnext.stages.2.blocks.1.mlp.fc1.weight"], encoder["stages.2.1.pwconv1.weight"])
