@@ -1,0 +1,1 @@
+"""Referring datasets generated from object annotations, with one grammar shared by every generator."""
