@@ -6,10 +6,11 @@ object of the image (``strict=False``, the loose reading). Geometry near a bound
 border, two sizes without a clear margin, an object cut by the image edge) then never makes an expression
 ambiguous. For objects with crisp geometry, as in synrrsis, both readings agree.
 
-Templates: ``category`` ("the ship"), ``position`` ("the ship at the top left"), ``size`` ("the large ship",
-exactly two of the category), ``superlative`` ("the largest ship", three or more), ``relative`` ("the ship left
-of the <anchor expression>"); any other template name is an attribute read from ``Referent.attributes``
-("color": "the red ship", "attribute": "the dead tree").
+Templates: ``category`` ("the ship"), ``position`` ("the ship at the top left", "the leftmost ship"), ``size``
+("the large ship", exactly two of the category), ``superlative`` ("the largest ship", three or more),
+``relative`` ("the ship left of <anchor expression>", "the ship closest to <anchor expression>"); any other
+template name is an attribute read from ``Referent.attributes`` ("color": "the red ship", "attribute": "the
+dead tree").
 """
 from collections import Counter
 from collections.abc import Mapping
@@ -18,10 +19,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 __all__ = [
-    "AREA_RATIO", "POSITION_MARGIN", "POSITION_NAMES", "BoxReferent", "Grammar", "Referent",
+    "AREA_RATIO", "DISTANCE_RATIO", "POSITION_MARGIN", "POSITION_NAMES", "BoxReferent", "Grammar", "Referent",
 ]
 
 AREA_RATIO = 1.3  # "large"/"largest" needs this margin in area over every same-category distractor
+DISTANCE_RATIO = 1.3  # "closest to" needs this margin in distance to the anchor over every distractor
 POSITION_NAMES = (
     ("top left", "top", "top right"),
     ("left", "center", "right"),
@@ -51,17 +53,27 @@ class Referent:
         """Whether self lies in ``direction`` (row, column step) of ``anchor``."""
         raise NotImplementedError
 
+    def beats(self, other: "Referent", direction: tuple[int, int]) -> bool:
+        """Whether self is surely further than ``other`` in ``direction`` ("leftmost")."""
+        raise NotImplementedError
+
+    def distance(self, other: "Referent") -> float:
+        """Distance between the two objects' centres, in pixels."""
+        raise NotImplementedError
+
 
 @dataclass(frozen=True, eq=False)
 class BoxReferent(Referent):
-    """An object of real imagery: relations from its visible bounding box (x0, y0, x1, y1), pixel edges."""
+    """An object of real imagery: where it is from its visible mask's centroid and bounding box."""
 
-    box: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
+    box: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)  # x0, y0, x1, y1 (pixel edges)
+    centre: tuple[float, float] = (0.0, 0.0)  # x, y
+    margin: float = 0.0  # pixels: centres closer than this are not surely apart
 
     @classmethod
     def from_mask(cls, mask: np.ndarray, category: str, attributes: Mapping[str, str | None],
                   full_area: float, whole: bool) -> "BoxReferent":
-        """From the object's visible mask in the image (its centroid gives the position)."""
+        """From the object's visible mask in the image."""
         rows, cols = np.nonzero(mask)
         height, width = mask.shape
         cy, cx = rows.mean() + 0.5, cols.mean() + 0.5
@@ -73,19 +85,31 @@ class BoxReferent(Referent):
         box = (float(cols.min()), float(rows.min()), float(cols.max() + 1), float(rows.max() + 1))
         return cls(category=category, attributes=dict(attributes), area=float(len(rows)),
                    position=next(iter(near)) if len(near) == 1 else None, near_positions=frozenset(near),
-                   full_area=float(full_area), whole=whole, box=box)
+                   full_area=float(full_area), whole=whole, box=box, centre=(float(cx), float(cy)),
+                   margin=POSITION_MARGIN * max(height, width))
 
     def related(self, anchor: Referent, direction: tuple[int, int], strict: bool) -> bool:
-        # strict: entirely beyond the anchor's box and level with it; loose: the centre on that side.
+        # strict: entirely beyond the anchor's box and level with it (the boxes share rows, or columns);
+        # loose: the centre on that side and within the two boxes' extents of level
         axis = 0 if direction[0] == 0 else 1  # 0: compare x (left/right), 1: compare y (above/below)
         step = direction[1] if axis == 0 else direction[0]
-        lo, hi = self.box[axis], self.box[axis + 2]
-        alo, ahi = anchor.box[axis], anchor.box[axis + 2]
-        if not strict:
-            return step * ((lo + hi) - (alo + ahi)) > 0
         other = 1 - axis
-        level = min(self.box[other + 2], anchor.box[other + 2]) > max(self.box[other], anchor.box[other])
-        return level and (hi <= alo if step < 0 else lo >= ahi)
+        offset = abs(self.centre[other] - anchor.centre[other])
+        extents = (self.box[other + 2] - self.box[other]) + (anchor.box[other + 2] - anchor.box[other])
+        if not strict:
+            return step * (self.centre[axis] - anchor.centre[axis]) > 0 and offset < extents
+        beyond = self.box[axis + 2] <= anchor.box[axis] if step < 0 else self.box[axis] >= anchor.box[axis + 2]
+        return beyond and offset < extents / 2
+
+    def distance(self, other: Referent) -> float:
+        return float(np.hypot(self.centre[0] - other.centre[0], self.centre[1] - other.centre[1]))
+
+    def beats(self, other: Referent, direction: tuple[int, int]) -> bool:
+        # the centre further by the margin and the leading edge at least as far
+        axis = 0 if direction[0] == 0 else 1
+        step = direction[1] if axis == 0 else direction[0]
+        edge = self.box[axis + (2 if step > 0 else 0)] - other.box[axis + (2 if step > 0 else 0)]
+        return step * (self.centre[axis] - other.centre[axis]) >= self.margin and step * edge >= 0
 
 
 @dataclass(frozen=True)
@@ -93,8 +117,9 @@ class Grammar:
     """Which templates a dataset uses, how often, and its words.
 
     ``weights``: template -> weight when choosing an expression (its keys are the templates used);
-    ``relations``: relation words -> (row, column) direction; ``anchor_templates``: how a relative expression
-    may name its anchor; ``nouns``: category -> noun (default: the category itself); ``min_same_category``:
+    ``relations``: relation words -> (row, column) direction, (0, 0) for the closest object ("closest to"); ``anchor_templates``: how a relative expression
+    may name its anchor; ``extremes``: words of the position template for the object furthest in a direction
+    ("leftmost" -> (0, -1)); ``nouns``: category -> noun (default: the category itself); ``min_same_category``:
     a target needs this many objects of its category in the image (2: each target has a distractor).
     """
 
@@ -102,6 +127,7 @@ class Grammar:
     weights: Mapping[str, float]
     relations: Mapping[str, tuple[int, int]]
     anchor_templates: tuple[str, ...]
+    extremes: Mapping[str, tuple[int, int]] = field(default_factory=dict)
     nouns: Mapping[str, str] = field(default_factory=dict)
     min_same_category: int = 2
 
@@ -119,16 +145,23 @@ class Grammar:
         t = spec["template"]
         if t == "category":
             return True
+        same = [o for o in objects if o.category == obj.category and o is not obj]
+        if t == "position" and spec["position"] in self.extremes:
+            direction = self.extremes[spec["position"]]
+            if strict:
+                return bool(same) and all(obj.beats(o, direction) for o in same)
+            return not any(o.beats(obj, direction) for o in same)
         if t == "position":
             return obj.position == spec["position"] if strict else spec["position"] in obj.near_positions
         if t in ("size", "superlative"):
-            same = [o for o in objects if o.category == obj.category and o is not obj]
             if t == "size":
                 return len(same) == 1 and _extreme(obj, same, spec["size"] == "large", strict)
             return len(same) >= 2 and _extreme(obj, same, spec["extreme"] == "largest", strict)
         if t == "relative":
             direction = self.relations[spec["relation"]]
             anchor, possible = self._anchors(spec["anchor"], objects)
+            if direction == (0, 0):
+                return _closest(obj, same, anchor, possible, strict)
             if strict:
                 return anchor is not None and anchor is not obj and obj.related(anchor, direction, True)
             return any(a is not obj and obj.related(a, direction, False) for a in possible)
@@ -161,6 +194,8 @@ class Grammar:
         t = spec["template"]
         if t == "category":
             return f"the {noun}"
+        if t == "position" and spec["position"] in self.extremes:
+            return f"the {spec['position']} {noun}"
         if t == "position":
             where = "in the center" if spec["position"] == "center" else f"at the {spec['position']}"
             return f"the {noun} {where}"
@@ -177,7 +212,8 @@ class Grammar:
         if template == "category":
             return [base]
         if template == "position":
-            return [dict(base, position=obj.position)] if obj.position is not None else []
+            cell = [dict(base, position=obj.position)] if obj.position is not None else []
+            return cell + [dict(base, position=word) for word in self.extremes]
         if template == "size":
             return [dict(base, size="large"), dict(base, size="small")]
         if template == "superlative":
@@ -228,6 +264,17 @@ class Grammar:
             target, spec = fresh[rng.integers(len(fresh))]
             chosen.append((target, spec, self.render(spec)))
         return chosen
+
+
+def _closest(obj: Referent, same: list[Referent], anchor: Referent | None, possible: list[Referent],
+             strict: bool) -> bool:
+    """"closest to": nearer to the anchor than every other object of its category by DISTANCE_RATIO (loose:
+    to any object the anchor expression may describe, and not surely farther than another)."""
+    if strict:
+        return anchor is not None and anchor is not obj and all(
+            o is anchor or o.distance(anchor) >= DISTANCE_RATIO * obj.distance(anchor) for o in same)
+    return any(a is not obj and not any(o is not a and obj.distance(a) >= DISTANCE_RATIO * o.distance(a)
+                                        for o in same) for a in possible)
 
 
 class _Objects(list):
