@@ -1,6 +1,7 @@
 """crobim-make-referring on small rasters it writes: polygons (GeoJSON in the raster's CRS), boxes (CSV, VOC)
 and COCO RLE. Every expression is checked against its target by a reading written here, independent of the
 generator's own checker."""
+
 import json
 import os
 import re
@@ -39,8 +40,8 @@ def _rects(rng, n, lo, hi):
         w, h = rng.integers(lo, hi, 2)
         x0, y0 = rng.integers(0, SIZE - 1, 2)
         x1, y1 = min(SIZE + 6, x0 + w), min(SIZE + 6, y0 + h)  # some cross the raster's edge
-        if not taken[max(0, y0 - 2):y1 + 2, max(0, x0 - 2):x1 + 2].any():
-            taken[max(0, y0 - 2):y1 + 2, max(0, x0 - 2):x1 + 2] = True
+        if not taken[max(0, y0 - 2) : y1 + 2, max(0, x0 - 2) : x1 + 2].any():
+            taken[max(0, y0 - 2) : y1 + 2, max(0, x0 - 2) : x1 + 2] = True
             out.append((int(x0), int(y0), int(x1), int(y1)))
     return out
 
@@ -57,8 +58,17 @@ def _write_rgb(path, objects, georeferenced=False):
     for k, (_, _, mask, _) in enumerate(objects):
         rgb[mask] = (40 + 13 * k % 200, 200 - 7 * k % 150, 120)
     if georeferenced:
-        with rasterio.open(path, "w", driver="GTiff", width=SIZE, height=SIZE, count=3, dtype="uint8", crs=CRS,
-                           transform=from_origin(*ORIGIN, RES, RES)) as dst:
+        with rasterio.open(
+            path,
+            "w",
+            driver="GTiff",
+            width=SIZE,
+            height=SIZE,
+            count=3,
+            dtype="uint8",
+            crs=CRS,
+            transform=from_origin(*ORIGIN, RES, RES),
+        ) as dst:
             dst.write(rgb.transpose(2, 0, 1))
     else:
         Image.fromarray(rgb).save(path)
@@ -72,8 +82,14 @@ def _geojson(objects_rects, properties, crs=CRS):
     feats = []
     for (x0, y0, x1, y1), props in zip(objects_rects, properties):
         ring = [_to_crs(x, y) for x, y in ((x0, y0), (x1, y0), (x1, y1), (x0, y1), (x0, y0))]
-        feats.append({"type": "Feature", "properties": props, "geometry": {"type": "Polygon", "coordinates": [ring]}})
-    return {"type": "FeatureCollection", "crs": {"type": "name", "properties": {"name": crs}}, "features": feats}
+        feats.append(
+            {"type": "Feature", "properties": props, "geometry": {"type": "Polygon", "coordinates": [ring]}}
+        )
+    return {
+        "type": "FeatureCollection",
+        "crs": {"type": "name", "properties": {"name": crs}},
+        "features": feats,
+    }
 
 
 @pytest.fixture
@@ -93,10 +109,15 @@ def inputs(tmp_path):
     rects = _rects(rng, 18, 8, 24)
     states = [("Dead", "Alive")[k % 3 == 0] for k in range(len(rects))]
     words = {"Dead": "dead", "Alive": "living"}
-    truth["forest"] = [("tree", words[s], _mask(r), False) for r, s in zip(rects, states)]  # boxes end at the edge
+    truth["forest"] = [
+        ("tree", words[s], _mask(r), False) for r, s in zip(rects, states)
+    ]  # boxes end at the edge
     _write_rgb(tmp_path / "forest.png", truth["forest"])
     rows = ["image_path,xmin,ymin,xmax,ymax,label,state", "other.png,1,1,5,5,tree,Dead"]
-    rows += [f"forest.png,{x0},{y0},{min(x1, SIZE)},{min(y1, SIZE)},Tree,{s}" for (x0, y0, x1, y1), s in zip(rects, states)]
+    rows += [
+        f"forest.png,{x0},{y0},{min(x1, SIZE)},{min(y1, SIZE)},Tree,{s}"
+        for (x0, y0, x1, y1), s in zip(rects, states)
+    ]
     (tmp_path / "forest.csv").write_text("\n".join(rows) + "\n")
     # pools: COCO RLE discs
     yy, xx = np.mgrid[:SIZE, :SIZE]
@@ -109,28 +130,71 @@ def inputs(tmp_path):
     anns = []
     for k, d in enumerate(discs):
         rle = mask_utils.encode(np.asfortranarray(d.astype(np.uint8)))
-        anns.append({"id": k, "image_id": 1, "category_id": 3, "iscrowd": 0,
-                     "segmentation": {"size": [SIZE, SIZE], "counts": rle["counts"].decode()}})
-    coco = {"images": [{"id": 1, "file_name": "x/pools.png", "height": SIZE, "width": SIZE}],
-            "annotations": anns, "categories": [{"id": 3, "name": "Pool"}]}
+        anns.append(
+            {
+                "id": k,
+                "image_id": 1,
+                "category_id": 3,
+                "iscrowd": 0,
+                "segmentation": {"size": [SIZE, SIZE], "counts": rle["counts"].decode()},
+            }
+        )
+    coco = {
+        "images": [{"id": 1, "file_name": "x/pools.png", "height": SIZE, "width": SIZE}],
+        "annotations": anns,
+        "categories": [{"id": 3, "name": "Pool"}],
+    }
     (tmp_path / "pools.json").write_text(json.dumps(coco))
     sources = [
-        Source(str(tmp_path / "town.tif"), str(tmp_path / "town.geojson"), category_field="kind",
-               attribute_field="roof"),
-        Source(str(tmp_path / "forest.png"), str(tmp_path / "forest.csv"), attribute_field="state",
-               attribute_words=words),
+        Source(
+            str(tmp_path / "town.tif"),
+            str(tmp_path / "town.geojson"),
+            category_field="kind",
+            attribute_field="roof",
+        ),
+        Source(
+            str(tmp_path / "forest.png"),
+            str(tmp_path / "forest.csv"),
+            attribute_field="state",
+            attribute_words=words,
+        ),
         Source(str(tmp_path / "pools.png"), str(tmp_path / "pools.json")),
     ]
     return sources, truth
 
 
 # --- an independent reading of the expressions: the plain meaning on the visible objects of the crop ---
-CELLS = {"top left": (0, 0), "top": (0, 1), "top right": (0, 2), "left": (1, 0), "center": (1, 1),
-         "right": (1, 2), "bottom left": (2, 0), "bottom": (2, 1), "bottom right": (2, 2)}
-SIDES = {"left of": (0, -1), "west of": (0, -1), "right of": (0, 1), "east of": (0, 1), "above": (1, -1),
-         "north of": (1, -1), "below": (1, 1), "south of": (1, 1)}
-EXTREMES = {"leftmost": (0, -1), "westernmost": (0, -1), "rightmost": (0, 1), "easternmost": (0, 1),
-            "topmost": (1, -1), "northernmost": (1, -1), "bottommost": (1, 1), "southernmost": (1, 1)}
+CELLS = {
+    "top left": (0, 0),
+    "top": (0, 1),
+    "top right": (0, 2),
+    "left": (1, 0),
+    "center": (1, 1),
+    "right": (1, 2),
+    "bottom left": (2, 0),
+    "bottom": (2, 1),
+    "bottom right": (2, 2),
+}
+SIDES = {
+    "left of": (0, -1),
+    "west of": (0, -1),
+    "right of": (0, 1),
+    "east of": (0, 1),
+    "above": (1, -1),
+    "north of": (1, -1),
+    "below": (1, 1),
+    "south of": (1, 1),
+}
+EXTREMES = {
+    "leftmost": (0, -1),
+    "westernmost": (0, -1),
+    "rightmost": (0, 1),
+    "easternmost": (0, 1),
+    "topmost": (1, -1),
+    "northernmost": (1, -1),
+    "bottommost": (1, 1),
+    "southernmost": (1, 1),
+}
 NOUN = r"(building|tree|pool)"
 
 
@@ -138,16 +202,26 @@ def _describe(objs):
     out = []
     for category, attribute, mask, whole in objs:
         ys, xs = np.nonzero(mask)
-        out.append({"category": category, "attribute": attribute, "area": len(xs), "whole": whole,
-                    "c": (xs.mean() + 0.5, ys.mean() + 0.5),
-                    "box": (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)})
+        out.append(
+            {
+                "category": category,
+                "attribute": attribute,
+                "area": len(xs),
+                "whole": whole,
+                "c": (xs.mean() + 0.5, ys.mean() + 0.5),
+                "box": (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1),
+            }
+        )
     return out
 
 
 def _resolve(text, objs, side):
     """Indices of the objects the text describes (plain reading)."""
-    m = re.fullmatch(rf"the {NOUN} (left of|right of|above|below|west of|east of|north of|south of|closest to) "
-                     rf"(the .+)", text)
+    m = re.fullmatch(
+        rf"the {NOUN} (left of|right of|above|below|west of|east of|north of|south of|closest to) "
+        rf"(the .+)",
+        text,
+    )
     if m:
         anchors = _resolve(m.group(3), objs, side)
         assert len(anchors) == 1, f"anchor of {text!r} is not one object: {anchors}"
@@ -162,6 +236,7 @@ def _resolve(text, objs, side):
 
         def level(o):  # the boxes share rows (left/right) or columns (above/below)
             return min(o["box"][other + 2], a["box"][other + 2]) > max(o["box"][other], a["box"][other])
+
         return [i for i in same if step * (objs[i]["c"][axis] - a["c"][axis]) > 0 and level(objs[i])]
     m = re.fullmatch(rf"the (?:(.+) )?{NOUN}(?: (?:at the (.+)|in the (center)))?", text)
     assert m, f"unparsed expression {text!r}"
@@ -169,12 +244,16 @@ def _resolve(text, objs, side):
     same = [i for i, o in enumerate(objs) if o["category"] == category]
     if cell:
         r, c = CELLS[cell]
-        return [i for i in same if (int(3 * objs[i]["c"][1] / side), int(3 * objs[i]["c"][0] / side)) == (r, c)]
+        return [
+            i for i in same if (int(3 * objs[i]["c"][1] / side), int(3 * objs[i]["c"][0] / side)) == (r, c)
+        ]
     if word is None:
         return same
     area = {i: objs[i]["area"] for i in same}
     if word in ("large", "small", "largest", "smallest"):
-        assert len(same) == 2 if word in ("large", "small") else len(same) >= 3, f"{text!r}: {len(same)} objects"
+        assert len(same) == 2 if word in ("large", "small") else len(same) >= 3, (
+            f"{text!r}: {len(same)} objects"
+        )
         pick = max if word.startswith("large") else min
         return [i for i in same if area[i] == pick(area.values())]
     if word in EXTREMES:
@@ -192,7 +271,11 @@ def _check_dataset(out, truth):
             x0, y0, x1, y1 = rec["window"]
             objects = truth[rec["source"]]
             index = [k for k, o in enumerate(objects) if o[2][y0:y1, x0:x1].any()]  # every visible object
-            whole = [k for k in index if objects[k][2][y0:y1, x0:x1].sum() == objects[k][2].sum() and not objects[k][3]]
+            whole = [
+                k
+                for k in index
+                if objects[k][2][y0:y1, x0:x1].sum() == objects[k][2].sum() and not objects[k][3]
+            ]
             objs = [(objects[k][0], objects[k][1], objects[k][2][y0:y1, x0:x1], k in whole) for k in index]
             target = rec["object_id"]
             found = [index[i] for i in _resolve(rec["expression"], _describe(objs), x1 - x0)]
@@ -217,15 +300,19 @@ def test_every_expression_selects_exactly_its_target(inputs, tmp_path):
     assert all(info["splits"][s]["expressions"] > 0 for s in ("train", "val", "test"))
     texts = (tmp_path / "out" / "train.jsonl").read_text()
     assert " south of " in texts or " north of " in texts or "ernmost" in texts  # the GeoTIFF is north-up
-    assert "westernmost" not in "".join(json.loads(t)["expression"] for t in texts.splitlines()
-                                         if json.loads(t)["source"] != "town")
+    assert "westernmost" not in "".join(
+        json.loads(t)["expression"] for t in texts.splitlines() if json.loads(t)["source"] != "town"
+    )
     # objects cut by the raster's edge are never targets
     edge = {k for k, o in enumerate(truth["town"]) if o[3]}
     assert edge and not edge & {json.loads(t)["object_id"] for t in texts.splitlines() if "town" in t}
     # ready for register_rrsis_dataset: the loader reads it, masks decode at the crop's size
     records = load_rrsis_jsonl(str(tmp_path / "out" / "test.jsonl"))
     assert {"category", "template", "mask_kind", "attribute", "window"} <= set(records[0])
-    assert load_gt_mask(records[0]).shape == (80, 80) and (records[0]["height"], records[0]["width"]) == (80, 80)
+    assert load_gt_mask(records[0]).shape == (80, 80) and (records[0]["height"], records[0]["width"]) == (
+        80,
+        80,
+    )
     assert info["sources"][1]["objects"] == 18 and info["sources"][2]["objects"] == 10
 
 
@@ -233,8 +320,11 @@ def test_split_is_geographic_and_deterministic(inputs, tmp_path):
     sources, _ = inputs
     make_referring(sources, str(tmp_path / "a"), PARAMS)
     make_referring(sources, str(tmp_path / "b"), PARAMS)
-    files = sorted(os.path.relpath(os.path.join(d, f), tmp_path / "a") for d, _, fs in os.walk(tmp_path / "a")
-                   for f in fs)
+    files = sorted(
+        os.path.relpath(os.path.join(d, f), tmp_path / "a")
+        for d, _, fs in os.walk(tmp_path / "a")
+        for f in fs
+    )
     assert len(files) > 50
     for f in files:
         assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
@@ -250,12 +340,18 @@ def test_split_is_geographic_and_deterministic(inputs, tmp_path):
                 cover[split][y0:y1, x0:x1] = True
         splits = sorted(cover)
         for i, s in enumerate(splits):
-            for t in splits[i + 1:]:
+            for t in splits[i + 1 :]:
                 assert not (cover[s] & cover[t]).any(), f"{s} and {t} windows share pixels"
-    overlapping = any(len(w) > 1 and any(a != b and a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
-                                         for a in w for b in w) for s in windows.values() for w in s.values())
+    overlapping = any(
+        len(w) > 1
+        and any(a != b and a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3] for a in w for b in w)
+        for s in windows.values()
+        for w in s.values()
+    )
     assert overlapping  # windows of one split may overlap (stride < crop size)
-    make_referring(sources, str(tmp_path / "c"), ReferringParams(layout=LAYOUT, expressions_per_crop=4, seed=4))
+    make_referring(
+        sources, str(tmp_path / "c"), ReferringParams(layout=LAYOUT, expressions_per_crop=4, seed=4)
+    )
     assert (tmp_path / "c" / "test.jsonl").read_text() != (tmp_path / "a" / "test.jsonl").read_text()
     with pytest.raises(ReferringInputError, match="already holds a dataset"):
         make_referring(sources, str(tmp_path / "a"), PARAMS)
@@ -264,25 +360,42 @@ def test_split_is_geographic_and_deterministic(inputs, tmp_path):
 def test_voc_and_pixel_geojson_read_like_csv_and_crs(inputs, tmp_path):
     sources, _ = inputs
     rows = (tmp_path / "forest.csv").read_text().splitlines()[2:]
+    cells = [r.split(",") for r in rows]
     objs = "".join(
-        f"<object><name>{r.split(',')[6]}</name><bndbox><xmin>{r.split(',')[1]}</xmin><ymin>{r.split(',')[2]}</ymin>"
-        f"<xmax>{r.split(',')[3]}</xmax><ymax>{r.split(',')[4]}</ymax></bndbox></object>" for r in rows)
-    (tmp_path / "forest.xml").write_text(f"<annotation><size><width>{SIZE}</width><height>{SIZE}</height>"
-                                         f"</size>{objs}</annotation>")
+        f"<object><name>{c[6]}</name><bndbox><xmin>{c[1]}</xmin><ymin>{c[2]}</ymin>"
+        f"<xmax>{c[3]}</xmax><ymax>{c[4]}</ymax></bndbox></object>"
+        for c in cells
+    )
+    (tmp_path / "forest.xml").write_text(
+        f"<annotation><size><width>{SIZE}</width><height>{SIZE}</height></size>{objs}</annotation>"
+    )
     geo = json.loads((tmp_path / "town.geojson").read_text())
     for f in geo["features"]:
-        f["geometry"]["coordinates"] = [[[(x - ORIGIN[0]) / RES, (ORIGIN[1] - y) / RES]
-                                         for x, y in f["geometry"]["coordinates"][0]]]
+        f["geometry"]["coordinates"] = [
+            [[(x - ORIGIN[0]) / RES, (ORIGIN[1] - y) / RES] for x, y in f["geometry"]["coordinates"][0]]
+        ]
     del geo["crs"]
     (tmp_path / "town_px.geojson").write_text(json.dumps(geo))
-    voc = Source(sources[1].raster, str(tmp_path / "forest.xml"), category="tree", attribute_field="name",
-                 attribute_words=sources[1].attribute_words)
-    px = Source(sources[0].raster, str(tmp_path / "town_px.geojson"), category_field="kind",
-                attribute_field="roof", pixel_coords=True)
+    voc = Source(
+        sources[1].raster,
+        str(tmp_path / "forest.xml"),
+        category="tree",
+        attribute_field="name",
+        attribute_words=sources[1].attribute_words,
+    )
+    px = Source(
+        sources[0].raster,
+        str(tmp_path / "town_px.geojson"),
+        category_field="kind",
+        attribute_field="roof",
+        pixel_coords=True,
+    )
     make_referring([sources[0], sources[1]], str(tmp_path / "a"), PARAMS)
     make_referring([px, voc], str(tmp_path / "b"), PARAMS)
     for split in ("train", "val", "test"):
-        assert (tmp_path / "a" / f"{split}.jsonl").read_text() == (tmp_path / "b" / f"{split}.jsonl").read_text()
+        assert (tmp_path / "a" / f"{split}.jsonl").read_text() == (
+            tmp_path / "b" / f"{split}.jsonl"
+        ).read_text()
 
 
 def _run(tmp_path, source, **kw):
@@ -302,26 +415,41 @@ def test_bad_inputs_name_the_file_and_feature(inputs, tmp_path):
     far["geometry"]["coordinates"] = [[[x + 5000, y] for x, y in far["geometry"]["coordinates"][0]]]
     empty = {"type": "Feature", "properties": {"kind": "building"}, "geometry": None}
     info = _run(tmp_path, write("drops.geojson", dict(town, features=town["features"] + [far, empty])))
-    assert info["sources"][0]["dropped"] == {"empty geometry": 1, "outside the raster or covering no pixel centre": 1}
+    assert info["sources"][0]["dropped"] == {
+        "empty geometry": 1,
+        "outside the raster or covering no pixel centre": 1,
+    }
     assert info["sources"][0]["objects"] == len(town["features"])
     with pytest.raises(ReferringInputError, match=r"all_far.geojson: none of its 1 features lies on"):
         _run(tmp_path, write("all_far.geojson", dict(town, features=[far])))
     # a CRS mismatch
-    with pytest.raises(ReferringInputError, match=r"wgs84.geojson: CRS mismatch.*EPSG:4326.*EPSG:32633.*ogr2ogr"):
-        _run(tmp_path, write("wgs84.geojson", dict(town, crs={"type": "name", "properties": {"name": "EPSG:4326"}})))
+    with pytest.raises(
+        ReferringInputError, match=r"wgs84.geojson: CRS mismatch.*EPSG:4326.*EPSG:32633.*ogr2ogr"
+    ):
+        _run(
+            tmp_path,
+            write("wgs84.geojson", dict(town, crs={"type": "name", "properties": {"name": "EPSG:4326"}})),
+        )
     # an invalid polygon (a bow tie)
     bow = json.loads(json.dumps(town["features"][1]))
     (a, b, c, d, _) = bow["geometry"]["coordinates"][0]
     bow["geometry"]["coordinates"] = [[a, c, b, d, a]]
-    with pytest.raises(ReferringInputError, match=r"bow.geojson feature 2: invalid polygon \(Self-intersection"):
+    with pytest.raises(
+        ReferringInputError, match=r"bow.geojson feature 2: invalid polygon \(Self-intersection"
+    ):
         _run(tmp_path, write("bow.geojson", dict(town, features=town["features"][:2] + [bow])))
     # a category field that does not exist
-    with pytest.raises(ReferringInputError, match=r"town.geojson feature 0: no field 'type' for the category.*kind"):
+    with pytest.raises(
+        ReferringInputError, match=r"town.geojson feature 0: no field 'type' for the category.*kind"
+    ):
         _run(tmp_path, Source(sources[0].raster, sources[0].annotations, category_field="type"))
     with pytest.raises(ReferringInputError, match=r"no category; .*--category"):
         _run(tmp_path, Source(sources[0].raster, sources[0].annotations))
     with pytest.raises(ReferringInputError, match=r"no feature has the attribute field 'colour'"):
-        _run(tmp_path, Source(sources[0].raster, sources[0].annotations, category="house", attribute_field="colour"))
+        _run(
+            tmp_path,
+            Source(sources[0].raster, sources[0].annotations, category="house", attribute_field="colour"),
+        )
     # boxes: an inverted one, missing columns; COCO: an RLE of another size, another image
     (tmp_path / "bad.csv").write_text("xmin,ymin,xmax,ymax,label\n1,1,9,9,tree\n20,5,10,15,tree\n")
     with pytest.raises(ReferringInputError, match=r"bad.csv row 3: empty or inverted box"):
@@ -349,9 +477,29 @@ def test_overlapping_rasters_are_refused(inputs, tmp_path):
 
 def test_cli(inputs, tmp_path, capsys):
     out = tmp_path / "cli"
-    argv = ["--input", str(tmp_path / "forest.png"), str(tmp_path / "forest.csv"), "--attribute-field", "state",
-            "--attribute-word", "Dead=dead", "--attribute-word", "Alive=living", "--crop-size", "80", "--stride",
-            "40", "--block-size", "120", "--expressions-per-crop", "4", "--seed", "3", "--output-dir", str(out)]
+    argv = [
+        "--input",
+        str(tmp_path / "forest.png"),
+        str(tmp_path / "forest.csv"),
+        "--attribute-field",
+        "state",
+        "--attribute-word",
+        "Dead=dead",
+        "--attribute-word",
+        "Alive=living",
+        "--crop-size",
+        "80",
+        "--stride",
+        "40",
+        "--block-size",
+        "120",
+        "--expressions-per-crop",
+        "4",
+        "--seed",
+        "3",
+        "--output-dir",
+        str(out),
+    ]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "forest: 18 objects" in printed and "test:" in printed
@@ -366,10 +514,15 @@ def test_cli(inputs, tmp_path, capsys):
 
 def _box_referent(x0, y0, x1, y1, category="tree", attribute="living", full_area=None, side=100):
     mask = np.zeros((side, side), bool)
-    mask[max(0, y0):y1, max(0, x0):x1] = True
+    mask[max(0, y0) : y1, max(0, x0) : x1] = True
     area = (x1 - x0) * (y1 - y0)
-    return BoxReferent.from_mask(mask, category, {"attribute": attribute}, full_area or area,
-                                 whole=min(x0, y0) >= 0 and full_area is None)
+    return BoxReferent.from_mask(
+        mask,
+        category,
+        {"attribute": attribute},
+        full_area or area,
+        whole=min(x0, y0) >= 0 and full_area is None,
+    )
 
 
 def test_grammar_keeps_borderline_expressions_out():
@@ -392,10 +545,16 @@ def test_grammar_keeps_borderline_expressions_out():
     # a relation: one object level with the anchor on that side, another one merely roughly level
     anchor = _box_referent(50, 50, 60, 60, attribute="dead")
     left = _box_referent(30, 50, 40, 60)
-    spec = {"category": "tree", "template": "relative", "relation": "left of",
-            "anchor": {"category": "tree", "template": "attribute", "attribute": "dead"}}
+    spec = {
+        "category": "tree",
+        "template": "relative",
+        "relation": "left of",
+        "anchor": {"category": "tree", "template": "attribute", "attribute": "dead"},
+    }
     assert selects(spec, left, [anchor, left, far]) and g.render(spec) == "the tree left of the dead tree"
-    unknown = _box_referent(80, 80, 90, 90, attribute=None)  # might be dead: the anchor is no longer surely one
+    unknown = _box_referent(
+        80, 80, 90, 90, attribute=None
+    )  # might be dead: the anchor is no longer surely one
     assert not selects(spec, left, [anchor, left, far, unknown])
     assert not selects(spec, left, [anchor, left, far, _box_referent(10, 63, 20, 73)])
     # "closest to" needs a margin in distance

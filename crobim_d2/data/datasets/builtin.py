@@ -6,6 +6,7 @@ import os
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
+from ..referring.realrs import REALRS_CATEGORIES, ensure_realrs
 from ..synrrsis import CATEGORIES, ensure_synrrsis
 from .jsonl import load_rrsis_jsonl
 from .phrase_lists import load_refsegrs, load_risbench
@@ -28,6 +29,19 @@ def register_all_synrrsis(root: str) -> None:
         )
 
 
+def _load_realrs(root: str, split: str) -> list[dict]:
+    return load_rrsis_jsonl(os.path.join(ensure_realrs(root), f"{split}.jsonl"))
+
+
+def register_all_realrs(root: str) -> None:
+    for split in SPLITS:
+        name = f"realrs_{split}"
+        DatasetCatalog.register(name, lambda split=split: _load_realrs(root, split))
+        MetadataCatalog.get(name).set(
+            image_root=os.path.join(root, "realrs"), evaluator_type="rrsis", categories=list(REALRS_CATEGORIES)
+        )
+
+
 def register_all_public(root: str) -> None:
     for dataset, loader in _PUBLIC.items():
         for split in SPLITS:
@@ -39,3 +53,4 @@ def register_all_public(root: str) -> None:
 _root = os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets"))
 register_all_public(_root)
 register_all_synrrsis(_root)
+register_all_realrs(_root)

@@ -7,6 +7,7 @@ is inside. Problems that make the file unusable raise :class:`ReferringInputErro
 feature; features that lie outside the raster, have no geometry, cover no pixel centre or are COCO crowd
 regions are dropped and counted.
 """
+
 import csv
 import json
 import os
@@ -76,22 +77,33 @@ def _load_json(path: str) -> Any:
         raise _fail(path, f"not valid JSON ({e}); give GeoJSON or COCO JSON") from None
 
 
-def _geojson_features(path: str, data: dict, source: Source, crs: CRS | None, transform: Affine,
-                      ) -> Iterator[_Feature]:
+def _geojson_features(
+    path: str,
+    data: dict,
+    source: Source,
+    crs: CRS | None,
+    transform: Affine,
+) -> Iterator[_Feature]:
     declared = (data.get("crs") or {}).get("properties", {}).get("name")
     if not source.pixel_coords:
         if crs is None:
-            raise _fail(path, f"{source.raster} has no CRS, so coordinates cannot be placed on it; give pixel "
-                              "column/row coordinates and pixel_coords=True (--pixel-coords)")
+            raise _fail(
+                path,
+                f"{source.raster} has no CRS, so coordinates cannot be placed on it; give pixel "
+                "column/row coordinates and pixel_coords=True (--pixel-coords)",
+            )
         if declared is not None:
             try:
                 declared_crs = CRS.from_user_input(declared)
             except CRSError:
                 raise _fail(path, f"unknown CRS {declared!r} in its 'crs' member") from None
             if declared_crs != crs:
-                raise _fail(path, f"CRS mismatch: the file declares {declared_crs.to_string()} but "
-                                  f"{source.raster} is in {crs.to_string()}; reproject the annotations to the "
-                                  f"raster's CRS (e.g. ogr2ogr -t_srs {crs.to_string()} out.geojson {path})")
+                raise _fail(
+                    path,
+                    f"CRS mismatch: the file declares {declared_crs.to_string()} but "
+                    f"{source.raster} is in {crs.to_string()}; reproject the annotations to the "
+                    f"raster's CRS (e.g. ogr2ogr -t_srs {crs.to_string()} out.geojson {path})",
+                )
     inverse = ~transform
     to_pixels = [inverse.a, inverse.b, inverse.d, inverse.e, inverse.c, inverse.f]
     for k, feat in enumerate(data.get("features") or []):
@@ -112,12 +124,18 @@ def _coco_features(path: str, data: dict, source: Source, size: tuple[int, int])
     images = [im for im in data.get("images", []) if os.path.basename(str(im.get("file_name"))) == name]
     if len(images) != 1:
         listed = [im.get("file_name") for im in data.get("images", [])][:5]
-        raise _fail(path, f"{len(images)} images named {name!r} (it lists {listed}...); give the raster's name "
-                          "in the file with image_name (--image-name)")
+        raise _fail(
+            path,
+            f"{len(images)} images named {name!r} (it lists {listed}...); give the raster's name "
+            "in the file with image_name (--image-name)",
+        )
     image = images[0]
     if (image.get("height"), image.get("width")) != size:
-        raise _fail(path, f"image {name!r} is {image.get('height')}x{image.get('width')} but {source.raster} "
-                          f"is {size[0]}x{size[1]}; the annotations belong to another image")
+        raise _fail(
+            path,
+            f"image {name!r} is {image.get('height')}x{image.get('width')} but {source.raster} "
+            f"is {size[0]}x{size[1]}; the annotations belong to another image",
+        )
     names = {c["id"]: c.get("name") for c in data.get("categories", [])}
     for ann in data.get("annotations", []):
         if ann.get("image_id") != image.get("id"):
@@ -132,7 +150,9 @@ def _coco_features(path: str, data: dict, source: Source, size: tuple[int, int])
             yield _Feature(where, fields, kind="crowd")
         elif isinstance(segm, dict):
             if list(segm.get("size", [])) != list(size) or "counts" not in segm:
-                raise ReferringInputError(f"{where}: an RLE needs 'counts' and 'size' {list(size)} (the raster's)")
+                raise ReferringInputError(
+                    f"{where}: an RLE needs 'counts' and 'size' {list(size)} (the raster's)"
+                )
             yield _Feature(where, fields, rle=segm, kind="mask", default_category=default)
         elif isinstance(segm, list) and segm:
             if not all(isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0 for p in segm):
@@ -140,8 +160,9 @@ def _coco_features(path: str, data: dict, source: Source, size: tuple[int, int])
             yield _Feature(where, fields, polygons=segm, kind="polygon", default_category=default)
         elif ann.get("bbox"):
             x, y, w, h = (float(v) for v in ann["bbox"])
-            yield _Feature(where, fields, geometry=_box(where, x, y, x + w, y + h), kind="box",
-                           default_category=default)
+            yield _Feature(
+                where, fields, geometry=_box(where, x, y, x + w, y + h), kind="box", default_category=default
+            )
         else:
             yield _Feature(where, fields, default_category=default)
 
@@ -152,8 +173,10 @@ def _box(where: str, x0: Any, y0: Any, x1: Any, y1: Any) -> BaseGeometry:
     except (TypeError, ValueError):
         raise ReferringInputError(f"{where}: box corners {[x0, y0, x1, y1]} are not numbers") from None
     if not (x1 > x0 and y1 > y0):
-        raise ReferringInputError(f"{where}: empty or inverted box (xmin {x0}, ymin {y0}, xmax {x1}, ymax {y1}); "
-                                  "xmax must exceed xmin and ymax exceed ymin")
+        raise ReferringInputError(
+            f"{where}: empty or inverted box (xmin {x0}, ymin {y0}, xmax {x1}, ymax {y1}); "
+            "xmax must exceed xmin and ymax exceed ymin"
+        )
     return shapely_box(x0, y0, x1, y1)
 
 
@@ -164,8 +187,9 @@ def _voc_features(path: str, source: Source, size: tuple[int, int]) -> Iterator[
         raise _fail(path, f"not valid XML ({e}); give a Pascal VOC annotation") from None
     height, width = root.findtext("size/height"), root.findtext("size/width")
     if height and width and (int(float(height)), int(float(width))) != size:
-        raise _fail(path, f"the annotation is for a {height}x{width} image but {source.raster} is "
-                          f"{size[0]}x{size[1]}")
+        raise _fail(
+            path, f"the annotation is for a {height}x{width} image but {source.raster} is {size[0]}x{size[1]}"
+        )
     for k, obj in enumerate(root.iter("object")):
         where = f"{path} object {k}"
         fields = {child.tag: (child.text or "").strip() for child in obj if len(child) == 0}
@@ -173,7 +197,9 @@ def _voc_features(path: str, source: Source, size: tuple[int, int]) -> Iterator[
         if bnd is None:
             raise ReferringInputError(f"{where}: no <bndbox>")
         corners = [bnd.findtext(t) for t in ("xmin", "ymin", "xmax", "ymax")]
-        yield _Feature(where, fields, geometry=_box(where, *corners), kind="box", default_category=fields.get("name"))
+        yield _Feature(
+            where, fields, geometry=_box(where, *corners), kind="box", default_category=fields.get("name")
+        )
 
 
 def _csv_features(path: str, source: Source) -> Iterator[_Feature]:
@@ -182,14 +208,19 @@ def _csv_features(path: str, source: Source) -> Iterator[_Feature]:
     columns = list(rows[0]) if rows else []
     missing = [c for c in ("xmin", "ymin", "xmax", "ymax") if c not in columns]
     if missing:
-        raise _fail(path, f"CSV boxes need columns xmin, ymin, xmax, ymax; missing {missing} (columns: {columns})")
+        raise _fail(
+            path, f"CSV boxes need columns xmin, ymin, xmax, ymax; missing {missing} (columns: {columns})"
+        )
     if "image_path" in columns:
         name = source.image_name or os.path.basename(source.raster)
         listed = sorted({os.path.basename(r["image_path"]) for r in rows})
         rows_of = [(k, r) for k, r in enumerate(rows) if os.path.basename(r["image_path"]) == name]
         if not rows_of:
-            raise _fail(path, f"no row has image_path {name!r} (it lists {listed[:5]}); give the raster's name in "
-                              "the file with image_name (--image-name)")
+            raise _fail(
+                path,
+                f"no row has image_path {name!r} (it lists {listed[:5]}); give the raster's name in "
+                "the file with image_name (--image-name)",
+            )
     else:
         rows_of = list(enumerate(rows))
     for k, row in rows_of:
@@ -212,8 +243,11 @@ def _features(source: Source, size: tuple[int, int], crs: CRS | None, transform:
         return list(_geojson_features(path, data, source, crs, transform))
     if isinstance(data, dict) and "annotations" in data and "images" in data:
         return list(_coco_features(path, data, source, size))
-    raise _fail(path, "neither a GeoJSON FeatureCollection nor COCO JSON (with 'images' and 'annotations'); "
-                      "give GeoJSON, COCO JSON, Pascal VOC .xml or CSV boxes")
+    raise _fail(
+        path,
+        "neither a GeoJSON FeatureCollection nor COCO JSON (with 'images' and 'annotations'); "
+        "give GeoJSON, COCO JSON, Pascal VOC .xml or CSV boxes",
+    )
 
 
 def _word(feature: _Feature, field_name: str | None, default: Any, kind: str, fields_seen: set) -> str | None:
@@ -223,8 +257,8 @@ def _word(feature: _Feature, field_name: str | None, default: Any, kind: str, fi
         if field_name not in feature.fields and kind == "category":
             raise ReferringInputError(
                 f"{feature.where}: no field {field_name!r} for the category (its fields: "
-                f"{sorted(feature.fields)}); fix category_field (--category-field) or give one category for all "
-                "(--category)"
+                f"{sorted(feature.fields)}); fix category_field (--category-field) or give one category for "
+                "all (--category)"
             )
         if field_name in feature.fields:
             fields_seen.add(field_name)
@@ -236,7 +270,9 @@ def _word(feature: _Feature, field_name: str | None, default: Any, kind: str, fi
     return str(value).strip()
 
 
-def _rasterize(feature: _Feature, size: tuple[int, int]) -> tuple[np.ndarray, tuple[int, int], float, bool] | None:
+def _rasterize(
+    feature: _Feature, size: tuple[int, int]
+) -> tuple[np.ndarray, tuple[int, int], float, bool] | None:
     """The feature's mask over its bounds in the raster, its full area and whether the raster cuts it."""
     height, width = size
     if feature.rle is not None or feature.polygons is not None:
@@ -255,7 +291,9 @@ def _rasterize(feature: _Feature, size: tuple[int, int]) -> tuple[np.ndarray, tu
         area, clipped = float(len(rows)), False
         if feature.polygons is not None:
             coords = np.concatenate([np.asarray(p, float) for p in feature.polygons])
-            clipped = bool((coords < 0).any() or (coords[0::2] > width).any() or (coords[1::2] > height).any())
+            clipped = bool(
+                (coords < 0).any() or (coords[0::2] > width).any() or (coords[1::2] > height).any()
+            )
             area = max(area, sum(shapely.Polygon(np.reshape(p, (-1, 2))).area for p in feature.polygons))
         return full[r0:r1, c0:c1], (int(r0), int(c0)), area, clipped
     geometry = feature.geometry
@@ -265,15 +303,20 @@ def _rasterize(feature: _Feature, size: tuple[int, int]) -> tuple[np.ndarray, tu
     x0, y0, x1, y1 = inside.bounds
     c0, r0 = max(0, int(np.floor(x0))), max(0, int(np.floor(y0)))
     c1, r1 = min(width, int(np.ceil(x1))), min(height, int(np.ceil(y1)))
-    mask = features.rasterize([(inside, 1)], out_shape=(r1 - r0, c1 - c0), transform=Affine.translation(c0, r0),
-                              dtype=np.uint8).astype(bool)
+    mask = features.rasterize(
+        [(inside, 1)], out_shape=(r1 - r0, c1 - c0), transform=Affine.translation(c0, r0), dtype=np.uint8
+    ).astype(bool)
     if not mask.any():
         return None
     return mask, (r0, c0), max(float(mask.sum()), geometry.area), not inside.equals(geometry)
 
 
-def read_instances(source: Source, size: tuple[int, int], crs: CRS | None, transform: Affine,
-                   ) -> tuple[list[Instance], Counter]:
+def read_instances(
+    source: Source,
+    size: tuple[int, int],
+    crs: CRS | None,
+    transform: Affine,
+) -> tuple[list[Instance], Counter]:
     """The objects of ``source`` on a raster of ``size`` (height, width), and the count of dropped features
     per reason."""
     drops: Counter = Counter()
@@ -284,10 +327,14 @@ def read_instances(source: Source, size: tuple[int, int], crs: CRS | None, trans
         if feat.kind == "crowd":
             drops["COCO crowd region (several objects)"] += 1
             continue
-        category = _word(feat, source.category_field, source.category or feat.default_category, "category", seen)
+        category = _word(
+            feat, source.category_field, source.category or feat.default_category, "category", seen
+        )
         if category is None:
-            raise ReferringInputError(f"{feat.where}: no category; name the field with category_field "
-                                      "(--category-field) or give one category for all (--category)")
+            raise ReferringInputError(
+                f"{feat.where}: no category; name the field with category_field "
+                "(--category-field) or give one category for all (--category)"
+            )
         attribute = _word(feat, source.attribute_field, None, "attribute", seen)
         if attribute is not None:
             attribute = source.attribute_words.get(attribute, attribute.lower())
@@ -297,22 +344,38 @@ def read_instances(source: Source, size: tuple[int, int], crs: CRS | None, trans
                 drops["empty geometry"] += 1
                 continue
             if geometry.geom_type not in ("Polygon", "MultiPolygon"):
-                raise ReferringInputError(f"{feat.where}: a {geometry.geom_type}, not a polygon; objects need an "
-                                          "area (buffer points and lines into polygons first)")
+                raise ReferringInputError(
+                    f"{feat.where}: a {geometry.geom_type}, not a polygon; objects need an "
+                    "area (buffer points and lines into polygons first)"
+                )
             if not geometry.is_valid:
-                raise ReferringInputError(f"{feat.where}: invalid polygon ({explain_validity(geometry)}); repair "
-                                          "it (shapely.make_valid, or QGIS 'Fix geometries')")
+                raise ReferringInputError(
+                    f"{feat.where}: invalid polygon ({explain_validity(geometry)}); repair "
+                    "it (shapely.make_valid, or QGIS 'Fix geometries')"
+                )
         rasterized = _rasterize(feat, size)
         if rasterized is None:
             drops["outside the raster or covering no pixel centre"] += 1
             continue
         mask, offset, full_area, clipped = rasterized
-        instances.append(Instance(category.lower(), attribute, feat.kind, mask, offset, full_area, clipped,
-                                  feat.where))
+        instances.append(
+            Instance(category.lower(), attribute, feat.kind, mask, offset, full_area, clipped, feat.where)
+        )
     if source.attribute_field is not None and feats and source.attribute_field not in seen:
-        raise _fail(source.annotations, f"no feature has the attribute field {source.attribute_field!r}; fix "
-                                        "attribute_field (--attribute-field)")
-    if feats and not instances and drops and not drops.keys() - {"outside the raster or covering no pixel centre"}:
-        raise _fail(source.annotations, f"none of its {len(feats)} features lies on {source.raster}; are the "
-                                        "coordinates in another CRS, or in pixels (pixel_coords, --pixel-coords)?")
+        raise _fail(
+            source.annotations,
+            f"no feature has the attribute field {source.attribute_field!r}; fix "
+            "attribute_field (--attribute-field)",
+        )
+    if (
+        feats
+        and not instances
+        and drops
+        and not drops.keys() - {"outside the raster or covering no pixel centre"}
+    ):
+        raise _fail(
+            source.annotations,
+            f"none of its {len(feats)} features lies on {source.raster}; are the "
+            "coordinates in another CRS, or in pixels (pixel_coords, --pixel-coords)?",
+        )
     return instances, drops

@@ -4,6 +4,7 @@ Each raster is cut into a grid of blocks (at least ``block_size`` pixels on a si
 one split; windows are cut inside a block only, so no pixel of a test window lies in a training or validation
 window. Windows of one block overlap when ``stride`` < ``crop_size``.
 """
+
 import itertools
 import zlib
 from dataclasses import dataclass
@@ -41,7 +42,9 @@ def _starts(length: int, crop: int, stride: int) -> list[int]:
     return sorted({round(k * (length - crop) / max(1, count - 1)) for k in range(count)})
 
 
-def _block_splits(num_blocks: int, fractions: tuple[float, float, float], rng: np.random.Generator) -> list[str]:
+def _block_splits(
+    num_blocks: int, fractions: tuple[float, float, float], rng: np.random.Generator
+) -> list[str]:
     """A split per block: val and test get their share of the blocks (at least one each from 3 blocks on),
     train the rest, in a random order."""
     counts = {}
@@ -56,13 +59,16 @@ def _block_splits(num_blocks: int, fractions: tuple[float, float, float], rng: n
     return splits
 
 
-def split_windows(name: str, height: int, width: int, layout: CropLayout,
-                  fractions: tuple[float, float, float], seed: int) -> list[Window]:
+def split_windows(
+    name: str, height: int, width: int, layout: CropLayout, fractions: tuple[float, float, float], seed: int
+) -> list[Window]:
     """The windows of a ``height`` x ``width`` raster, each with its block's split; deterministic for
     ``seed`` and the raster's ``name`` (another raster in the same run does not change them)."""
     if min(height, width) < layout.crop_size:
-        raise ReferringInputError(f"{name} is {height}x{width}, smaller than the crop size {layout.crop_size}; "
-                         "choose a smaller crop size (--crop-size)")
+        raise ReferringInputError(
+            f"{name} is {height}x{width}, smaller than the crop size {layout.crop_size}; "
+            "choose a smaller crop size (--crop-size)"
+        )
     rows, cols = _edges(height, layout.block_size), _edges(width, layout.block_size)
     rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
     splits = _block_splits((len(rows) - 1) * (len(cols) - 1), fractions, rng)

@@ -1,10 +1,11 @@
-"""One grammar of referring expressions for generated datasets: synrrsis scenes and crops of annotated imagery.
+"""One grammar of referring expressions for generated datasets: synrrsis scenes and crops of annotated
+imagery.
 
 An expression is a spec (a template and its words) with a rule that says which objects it describes. It is
-kept for a target only when the rule *surely* describes the target (``strict``) and *cannot* describe any other
-object of the image (``strict=False``, the loose reading). Geometry near a boundary (an object near a grid-cell
-border, two sizes without a clear margin, an object cut by the image edge) then never makes an expression
-ambiguous. For objects with crisp geometry, as in synrrsis, both readings agree.
+kept for a target only when the rule *surely* describes the target (``strict``) and *cannot* describe any
+other object of the image (``strict=False``, the loose reading). Geometry near a boundary (an object near a
+grid-cell border, two sizes without a clear margin, an object cut by the image edge) then never makes an
+expression ambiguous. For objects with crisp geometry, as in synrrsis, both readings agree.
 
 Templates: ``category`` ("the ship"), ``position`` ("the ship at the top left", "the leftmost ship"), ``size``
 ("the large ship", exactly two of the category), ``superlative`` ("the largest ship", three or more),
@@ -12,6 +13,7 @@ Templates: ``category`` ("the ship"), ``position`` ("the ship at the top left", 
 template name is an attribute read from ``Referent.attributes`` ("color": "the red ship", "attribute": "the
 dead tree").
 """
+
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -19,7 +21,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 __all__ = [
-    "AREA_RATIO", "DISTANCE_RATIO", "POSITION_MARGIN", "POSITION_NAMES", "BoxReferent", "Grammar", "Referent",
+    "AREA_RATIO",
+    "DISTANCE_RATIO",
+    "POSITION_MARGIN",
+    "POSITION_NAMES",
+    "BoxReferent",
+    "Grammar",
+    "Referent",
 ]
 
 AREA_RATIO = 1.3  # "large"/"largest" needs this margin in area over every same-category distractor
@@ -71,8 +79,14 @@ class BoxReferent(Referent):
     margin: float = 0.0  # pixels: centres closer than this are not surely apart
 
     @classmethod
-    def from_mask(cls, mask: np.ndarray, category: str, attributes: Mapping[str, str | None],
-                  full_area: float, whole: bool) -> "BoxReferent":
+    def from_mask(
+        cls,
+        mask: np.ndarray,
+        category: str,
+        attributes: Mapping[str, str | None],
+        full_area: float,
+        whole: bool,
+    ) -> "BoxReferent":
         """From the object's visible mask in the image."""
         rows, cols = np.nonzero(mask)
         height, width = mask.shape
@@ -83,10 +97,18 @@ class BoxReferent(Referent):
                 r, c = (min(2, max(0, int(3 * v / s))) for v, s in ((y, height), (x, width)))
                 near.add(POSITION_NAMES[r][c])
         box = (float(cols.min()), float(rows.min()), float(cols.max() + 1), float(rows.max() + 1))
-        return cls(category=category, attributes=dict(attributes), area=float(len(rows)),
-                   position=next(iter(near)) if len(near) == 1 else None, near_positions=frozenset(near),
-                   full_area=float(full_area), whole=whole, box=box, centre=(float(cx), float(cy)),
-                   margin=POSITION_MARGIN * max(height, width))
+        return cls(
+            category=category,
+            attributes=dict(attributes),
+            area=float(len(rows)),
+            position=next(iter(near)) if len(near) == 1 else None,
+            near_positions=frozenset(near),
+            full_area=float(full_area),
+            whole=whole,
+            box=box,
+            centre=(float(cx), float(cy)),
+            margin=POSITION_MARGIN * max(height, width),
+        )
 
     def related(self, anchor: Referent, direction: tuple[int, int], strict: bool) -> bool:
         # strict: entirely beyond the anchor's box and level with it (the boxes share rows, or columns);
@@ -98,7 +120,9 @@ class BoxReferent(Referent):
         extents = (self.box[other + 2] - self.box[other]) + (anchor.box[other + 2] - anchor.box[other])
         if not strict:
             return step * (self.centre[axis] - anchor.centre[axis]) > 0 and offset < extents
-        beyond = self.box[axis + 2] <= anchor.box[axis] if step < 0 else self.box[axis] >= anchor.box[axis + 2]
+        beyond = (
+            self.box[axis + 2] <= anchor.box[axis] if step < 0 else self.box[axis] >= anchor.box[axis + 2]
+        )
         return beyond and offset < extents / 2
 
     def distance(self, other: Referent) -> float:
@@ -117,10 +141,11 @@ class Grammar:
     """Which templates a dataset uses, how often, and its words.
 
     ``weights``: template -> weight when choosing an expression (its keys are the templates used);
-    ``relations``: relation words -> (row, column) direction, (0, 0) for the closest object ("closest to"); ``anchor_templates``: how a relative expression
-    may name its anchor; ``extremes``: words of the position template for the object furthest in a direction
-    ("leftmost" -> (0, -1)); ``nouns``: category -> noun (default: the category itself); ``min_same_category``:
-    a target needs this many objects of its category in the image (2: each target has a distractor).
+    ``relations``: relation words -> (row, column) direction, (0, 0) for the closest object ("closest to");
+    ``anchor_templates``: how a relative expression may name its anchor; ``extremes``: words of the position
+    template for the object furthest in a direction ("leftmost" -> (0, -1)); ``nouns``: category -> noun
+    (default: the category itself); ``min_same_category``: a target needs this many objects of its category
+    in the image (2: each target has a distractor).
     """
 
     name: str
@@ -133,13 +158,15 @@ class Grammar:
 
     def __post_init__(self):
         if "relative" in self.anchor_templates:
-            raise ValueError(f"{self.name}: an anchor is named without a relation; drop 'relative' from anchor_templates.")
+            raise ValueError(
+                f"{self.name}: an anchor is named without a relation; drop 'relative' from anchor_templates."
+            )
 
     def noun(self, category: str) -> str:
         return self.nouns.get(category, category)
 
     def matches(self, spec: dict, obj: Referent, objects: list[Referent], strict: bool = True) -> bool:
-        """Whether ``spec`` surely (``strict``) or possibly (not ``strict``) describes ``obj`` in ``objects``."""
+        """Whether ``spec`` surely (``strict``) or possibly (not ``strict``) describes ``obj``."""
         if obj.category != spec["category"]:
             return False
         t = spec["template"]
@@ -172,8 +199,10 @@ class Grammar:
 
     def selects(self, spec: dict, target: Referent, objects: list[Referent]) -> bool:
         """Whether ``spec`` describes ``target`` and no other object of ``objects``."""
-        return target.whole and self.matches(spec, target, objects) and not any(
-            o is not target and self.matches(spec, o, objects, strict=False) for o in objects
+        return (
+            target.whole
+            and self.matches(spec, target, objects)
+            and not any(o is not target and self.matches(spec, o, objects, strict=False) for o in objects)
         )
 
     def _anchors(self, spec: dict, objects: list[Referent]) -> tuple[Referent | None, list[Referent]]:
@@ -183,8 +212,10 @@ class Grammar:
         if cache is not None and key in cache:
             return cache[key]
         selected = [a for a in objects if self.selects(spec, a, objects)]
-        found = (selected[0] if len(selected) == 1 else None,
-                 [a for a in objects if self.matches(spec, a, objects, strict=False)])
+        found = (
+            selected[0] if len(selected) == 1 else None,
+            [a for a in objects if self.matches(spec, a, objects, strict=False)],
+        )
         if cache is not None:
             cache[key] = found
         return found
@@ -229,8 +260,15 @@ class Grammar:
             for t in self.anchor_templates:
                 for anchor_spec in self._specs(anchor, t):
                     if self.selects(anchor_spec, anchor, objects):
-                        specs += [{"category": obj.category, "template": "relative", "relation": relation,
-                                   "anchor": anchor_spec} for relation in self.relations]
+                        specs += [
+                            {
+                                "category": obj.category,
+                                "template": "relative",
+                                "relation": relation,
+                                "anchor": anchor_spec,
+                            }
+                            for relation in self.relations
+                        ]
         return specs
 
     def candidates(self, objects: list[Referent]) -> dict[str, list[tuple[int, dict]]]:
@@ -246,14 +284,19 @@ class Grammar:
                 by_template[t] += [(i, s) for s in specs if self.selects(s, obj, objects)]
         return by_template
 
-    def choose(self, objects: list[Referent], rng: np.random.Generator, num: int) -> list[tuple[int, dict, str]]:
+    def choose(
+        self, objects: list[Referent], rng: np.random.Generator, num: int
+    ) -> list[tuple[int, dict, str]]:
         """Up to ``num`` ``(target index, spec, text)`` with distinct texts, preferring distinct targets."""
         by_template = self.candidates(objects)
         chosen: list[tuple[int, dict, str]] = []
         while len(chosen) < num:
             used_targets = {c[0] for c in chosen}
             used_texts = {c[2] for c in chosen}
-            pools = {t: [c for c in cands if self.render(c[1]) not in used_texts] for t, cands in by_template.items()}
+            pools = {
+                t: [c for c in cands if self.render(c[1]) not in used_texts]
+                for t, cands in by_template.items()
+            }
             pools = {t: p for t, p in pools.items() if p}
             if not pools:
                 break
@@ -266,15 +309,22 @@ class Grammar:
         return chosen
 
 
-def _closest(obj: Referent, same: list[Referent], anchor: Referent | None, possible: list[Referent],
-             strict: bool) -> bool:
-    """"closest to": nearer to the anchor than every other object of its category by DISTANCE_RATIO (loose:
+def _closest(
+    obj: Referent, same: list[Referent], anchor: Referent | None, possible: list[Referent], strict: bool
+) -> bool:
+    """ "closest to": nearer to the anchor than every other object of its category by DISTANCE_RATIO (loose:
     to any object the anchor expression may describe, and not surely farther than another)."""
     if strict:
-        return anchor is not None and anchor is not obj and all(
-            o is anchor or o.distance(anchor) >= DISTANCE_RATIO * obj.distance(anchor) for o in same)
-    return any(a is not obj and not any(o is not a and obj.distance(a) >= DISTANCE_RATIO * o.distance(a)
-                                        for o in same) for a in possible)
+        return (
+            anchor is not None
+            and anchor is not obj
+            and all(o is anchor or o.distance(anchor) >= DISTANCE_RATIO * obj.distance(anchor) for o in same)
+        )
+    return any(
+        a is not obj
+        and not any(o is not a and obj.distance(a) >= DISTANCE_RATIO * o.distance(a) for o in same)
+        for a in possible
+    )
 
 
 class _Objects(list):

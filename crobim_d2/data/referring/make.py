@@ -5,6 +5,7 @@ distractors**: their extent is unclear in the crop, so no expression is about th
 be false for them under any reading (their visible part, and their full size for size words). Dropping them
 would let "the largest building" describe a building while a larger, half-visible one stands beside it.
 """
+
 import dataclasses
 import json
 import os
@@ -27,14 +28,31 @@ from .source import CropLayout, ReferringInputError, Source
 
 __all__ = ["REFERRING_GRAMMAR", "ReferringParams", "make_referring"]
 
-IMAGE_RELATIONS = {"left of": (0, -1), "right of": (0, 1), "above": (-1, 0), "below": (1, 0), "closest to": (0, 0)}
+IMAGE_RELATIONS = {
+    "left of": (0, -1),
+    "right of": (0, 1),
+    "above": (-1, 0),
+    "below": (1, 0),
+    "closest to": (0, 0),
+}
 COMPASS_RELATIONS = {"west of": (0, -1), "east of": (0, 1), "north of": (-1, 0), "south of": (1, 0)}
 IMAGE_EXTREMES = {"leftmost": (0, -1), "rightmost": (0, 1), "topmost": (-1, 0), "bottommost": (1, 0)}
-COMPASS_EXTREMES = {"westernmost": (0, -1), "easternmost": (0, 1), "northernmost": (-1, 0), "southernmost": (1, 0)}
+COMPASS_EXTREMES = {
+    "westernmost": (0, -1),
+    "easternmost": (0, 1),
+    "northernmost": (-1, 0),
+    "southernmost": (1, 0),
+}
 REFERRING_GRAMMAR = Grammar(
     name="crobim-make-referring",
-    weights={"category": 0.1, "attribute": 0.2, "position": 0.25, "size": 0.1, "superlative": 0.15,
-             "relative": 0.2},
+    weights={
+        "category": 0.1,
+        "attribute": 0.2,
+        "position": 0.25,
+        "size": 0.1,
+        "superlative": 0.15,
+        "relative": 0.2,
+    },
     relations=IMAGE_RELATIONS,
     extremes=IMAGE_EXTREMES,
     anchor_templates=("attribute", "superlative", "position"),
@@ -56,7 +74,9 @@ class ReferringParams:
 
     def __post_init__(self):
         if len(self.splits) != 3 or min(self.splits) < 0 or abs(sum(self.splits) - 1) > 1e-6:
-            raise ReferringInputError(f"splits {self.splits} must be three shares (train, val, test) summing to 1")
+            raise ReferringInputError(
+                f"splits {self.splits} must be three shares (train, val, test) summing to 1"
+            )
         if self.expressions_per_crop < 1:
             raise ReferringInputError(f"expressions_per_crop {self.expressions_per_crop} must be at least 1")
 
@@ -65,8 +85,11 @@ def _grammar(scene: Scene) -> Grammar:
     """North-up georeferenced rasters also get compass words ("south of")."""
     t = scene.transform
     if scene.crs is not None and t.b == 0 and t.d == 0 and t.e < 0 < t.a:
-        return dataclasses.replace(REFERRING_GRAMMAR, relations={**IMAGE_RELATIONS, **COMPASS_RELATIONS},
-                                   extremes={**IMAGE_EXTREMES, **COMPASS_EXTREMES})
+        return dataclasses.replace(
+            REFERRING_GRAMMAR,
+            relations={**IMAGE_RELATIONS, **COMPASS_RELATIONS},
+            extremes={**IMAGE_EXTREMES, **COMPASS_EXTREMES},
+        )
     return REFERRING_GRAMMAR
 
 
@@ -80,7 +103,7 @@ def _in_window(instances: list[Instance], window: Window) -> list[tuple[int, np.
             continue
         crop = np.zeros((window.size, window.size), bool)
         ra, rb, ca, cb = max(r0, y0), min(r1, y1), max(c0, x0), min(c1, x1)
-        crop[ra - y0:rb - y0, ca - x0:cb - x0] = inst.mask[ra - r0:rb - r0, ca - c0:cb - c0]
+        crop[ra - y0 : rb - y0, ca - x0 : cb - x0] = inst.mask[ra - r0 : rb - r0, ca - c0 : cb - c0]
         if crop.any():
             whole = not inst.clipped and r0 >= y0 and c0 >= x0 and r1 <= y1 and c1 <= x1
             seen.append((k, crop, whole))
@@ -120,8 +143,15 @@ class _Writer:
             for sub in ("images", "masks"):
                 os.makedirs(os.path.join(out, sub, split), exist_ok=True)
 
-    def crop(self, source: Source, scene: Scene, window: Window, instances: list[Instance],
-             seen: list[tuple[int, np.ndarray, bool]], chosen: list[tuple[int, dict, str]]) -> None:
+    def crop(
+        self,
+        source: Source,
+        scene: Scene,
+        window: Window,
+        instances: list[Instance],
+        seen: list[tuple[int, np.ndarray, bool]],
+        chosen: list[tuple[int, dict, str]],
+    ) -> None:
         split, (x0, y0, x1, y1) = window.split, window.bounds
         name = f"{source.crop_name}_{x0}_{y0}"
         image = f"images/{split}/{name}.png"
@@ -133,10 +163,18 @@ class _Writer:
             if not os.path.exists(os.path.join(self.out, mask_path)):
                 Image.fromarray(mask).save(os.path.join(self.out, mask_path))
             entry = {
-                "image": image, "expression": text, "mask": mask_path, "category": inst.category,
-                "attribute": inst.attribute, "template": spec["template"], "mask_kind": inst.mask_kind,
-                "source": source.crop_name, "window": [x0, y0, x1, y1], "image_id": self.crops[split],
-                "object_id": k, "sent_id": len(self.lines[split]),
+                "image": image,
+                "expression": text,
+                "mask": mask_path,
+                "category": inst.category,
+                "attribute": inst.attribute,
+                "template": spec["template"],
+                "mask_kind": inst.mask_kind,
+                "source": source.crop_name,
+                "window": [x0, y0, x1, y1],
+                "image_id": self.crops[split],
+                "object_id": k,
+                "sent_id": len(self.lines[split]),
             }
             self.lines[split].append(json.dumps(entry) + "\n")
             for key in ("category", "template", "mask_kind", "attribute"):
@@ -147,16 +185,23 @@ class _Writer:
         for split, lines in self.lines.items():
             with open(os.path.join(self.out, f"{split}.jsonl"), "w") as f:
                 f.writelines(lines)
-        return {split: {"crops": self.crops[split], "expressions": len(self.lines[split]),
-                        **{f"by_{key}": dict(sorted(c.items())) for key, c in self.counts[split].items()}}
-                for split in SPLITS}
+        return {
+            split: {
+                "crops": self.crops[split],
+                "expressions": len(self.lines[split]),
+                **{f"by_{key}": dict(sorted(c.items())) for key, c in self.counts[split].items()},
+            }
+            for split in SPLITS
+        }
 
 
 def _prepare_output(out: str, overwrite: bool) -> None:
     present = [p for p in _OUTPUTS if os.path.exists(os.path.join(out, p))]
     if present and not overwrite:
-        raise ReferringInputError(f"{out} already holds a dataset ({', '.join(present)}); choose another folder "
-                                  "or overwrite it (overwrite=True, --overwrite)")
+        raise ReferringInputError(
+            f"{out} already holds a dataset ({', '.join(present)}); choose another folder "
+            "or overwrite it (overwrite=True, --overwrite)"
+        )
     for p in present:
         path = os.path.join(out, p)
         if os.path.isdir(path):
@@ -165,8 +210,12 @@ def _prepare_output(out: str, overwrite: bool) -> None:
             os.remove(path)
 
 
-def make_referring(sources: Sequence[Source], output_dir: str, params: ReferringParams = ReferringParams(),
-                   overwrite: bool = False) -> dict:
+def make_referring(
+    sources: Sequence[Source],
+    output_dir: str,
+    params: ReferringParams = ReferringParams(),
+    overwrite: bool = False,
+) -> dict:
     """Crop every raster of ``sources``, generate expressions for the objects of each crop and write the
     dataset under ``output_dir``: ``{train,val,test}.jsonl`` (the format of ``register_rrsis_dataset``),
     ``images/<split>/``, ``masks/<split>/`` and ``info.json`` (parameters, sources, dropped features, counts).
@@ -189,22 +238,44 @@ def make_referring(sources: Sequence[Source], output_dir: str, params: Referring
         grammar = _grammar(scene)
         for window in windows:
             seen = _in_window(instances, window)
-            referents = [BoxReferent.from_mask(mask, instances[k].category, {"attribute": instances[k].attribute},
-                                               instances[k].full_area, whole) for k, mask, whole in seen]
-            rng = np.random.default_rng([params.seed, zlib.crc32(source.crop_name.encode()), window.x0, window.y0])
+            referents = [
+                BoxReferent.from_mask(
+                    mask,
+                    instances[k].category,
+                    {"attribute": instances[k].attribute},
+                    instances[k].full_area,
+                    whole,
+                )
+                for k, mask, whole in seen
+            ]
+            rng = np.random.default_rng(
+                [params.seed, zlib.crc32(source.crop_name.encode()), window.x0, window.y0]
+            )
             chosen = grammar.choose(referents, rng, params.expressions_per_crop)
             if chosen:
                 writer.crop(source, scene, window, instances, seen, chosen)
         if footprint is not None:
             earlier[source.crop_name] = footprint
-        report.append({
-            "name": source.crop_name, "raster": source.raster, "annotations": source.annotations,
-            "size": [height, width], "crs": scene.crs.to_string() if scene.crs else None,
-            "layout": dataclasses.asdict(layout), "objects": len(instances), "dropped": dict(sorted(drops.items())),
-            "windows": dict(sorted(Counter(w.split for w in windows).items())),
-        })
+        report.append(
+            {
+                "name": source.crop_name,
+                "raster": source.raster,
+                "annotations": source.annotations,
+                "size": [height, width],
+                "crs": scene.crs.to_string() if scene.crs else None,
+                "layout": dataclasses.asdict(layout),
+                "objects": len(instances),
+                "dropped": dict(sorted(drops.items())),
+                "windows": dict(sorted(Counter(w.split for w in windows).items())),
+            }
+        )
     params_dict = dataclasses.asdict(params)
-    info = {"generator": "crobim-make-referring", "params": params_dict, "sources": report, "splits": writer.close()}
+    info = {
+        "generator": "crobim-make-referring",
+        "params": params_dict,
+        "sources": report,
+        "splits": writer.close(),
+    }
     with open(os.path.join(output_dir, "info.json"), "w") as f:
         json.dump(info, f, indent=1)
     return info

@@ -1,5 +1,6 @@
 """What crobim-make-referring takes: a raster, its annotation file, how to read the objects' words and how to
 crop it."""
+
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
