@@ -302,7 +302,10 @@ def print_table(results: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
-    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
+    parser.add_argument(
+        "--modes", nargs="+", choices=list(MODES),
+        help="default: all, without the bfloat16 ones on a CPU that has no native bfloat16 (crobim_d2.precision)",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3, help="timed inference runs after one warm-up")
     parser.add_argument("--train-repeats", type=int, default=2, help="timed training steps after one warm-up")
@@ -315,6 +318,11 @@ def main() -> None:
     if args.worker:
         print(json.dumps(worker(args)))
         return
+    from crobim_d2.precision import cpu_has_native_bf16, describe_cpu
+
+    if args.modes is None:
+        native = cpu_has_native_bf16()
+        args.modes = [m for m in MODES if native or m not in ("infer_bfloat16", "train_bfloat16", "agreement")]
     results = {}
     for config in args.configs:
         results[config] = {}
@@ -323,10 +331,12 @@ def main() -> None:
             results[config][mode] = spawn(args, config, mode)
             results[config][mode]["load_average_after"] = os.getloadavg()[0]  # other jobs sharing the CPUs
             print(f"# {config} {mode}: {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    print(f"CPU: {describe_cpu()}, {args.threads} threads")
     print_table(results)
     os.makedirs(os.path.dirname(args.output) or ".", exist_ok=True)
     settings = {k: getattr(args, k) for k in ("threads", "repeats", "train_repeats", "num_agreement")}
     settings["cpu_count"] = os.cpu_count()
+    settings["cpu"] = describe_cpu()
     from crobim_d2.modeling import ops
 
     settings["msda_extension"] = ops.extension_info()

