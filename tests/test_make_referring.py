@@ -23,7 +23,7 @@ from crobim_d2.data.referring import (
     make_referring,
 )
 from crobim_d2.data.referring.cli import main
-from crobim_d2.data.referring.grammar import BoxReferent
+from crobim_d2.data.referring.grammar import POSITION_NAMES, BoxReferent
 
 SIZE = 240
 LAYOUT = CropLayout(crop_size=80, stride=40, block_size=120)
@@ -164,37 +164,12 @@ def inputs(tmp_path):
 
 
 # --- an independent reading of the expressions: the plain meaning on the visible objects of the crop ---
-CELLS = {
-    "top left": (0, 0),
-    "top": (0, 1),
-    "top right": (0, 2),
-    "left": (1, 0),
-    "center": (1, 1),
-    "right": (1, 2),
-    "bottom left": (2, 0),
-    "bottom": (2, 1),
-    "bottom right": (2, 2),
-}
-SIDES = {
-    "left of": (0, -1),
-    "west of": (0, -1),
-    "right of": (0, 1),
-    "east of": (0, 1),
-    "above": (1, -1),
-    "north of": (1, -1),
-    "below": (1, 1),
-    "south of": (1, 1),
-}
-EXTREMES = {
-    "leftmost": (0, -1),
-    "westernmost": (0, -1),
-    "rightmost": (0, 1),
-    "easternmost": (0, 1),
-    "topmost": (1, -1),
-    "northernmost": (1, -1),
-    "bottommost": (1, 1),
-    "southernmost": (1, 1),
-}
+CELLS = {name: (r, c) for r, row in enumerate(POSITION_NAMES) for c, name in enumerate(row)}
+# word -> (axis: 0 for x, 1 for y; step: -1 towards smaller coordinates)
+SIDES = {"left of": (0, -1), "west of": (0, -1), "right of": (0, 1), "east of": (0, 1),
+         "above": (1, -1), "north of": (1, -1), "below": (1, 1), "south of": (1, 1)}
+EXTREMES = {"leftmost": (0, -1), "westernmost": (0, -1), "rightmost": (0, 1), "easternmost": (0, 1),
+            "topmost": (1, -1), "northernmost": (1, -1), "bottommost": (1, 1), "southernmost": (1, 1)}
 NOUN = r"(building|tree|pool)"
 
 

@@ -111,6 +111,9 @@ def test_ensure_builds_once_and_prepare_script(wheel_cache, tmp_path, monkeypatc
     assert realrs.ensure_realrs(str(tmp_path), wheel_cache) == str(tmp_path / "realrs")
     with pytest.raises(FileNotFoundError, match=r"realrs not found at .*other.*prepare_realrs.py --root"):
         realrs.ensure_realrs(str(tmp_path / "other"), wheel_cache)  # not the default root: not built unasked
+    (tmp_path / "mine" / "realrs").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="has no realrs info.json"):
+        realrs.ensure_realrs(str(tmp_path / "mine"), wheel_cache, build=True)  # someone else's folder: kept
     info = json.loads((tmp_path / "realrs" / "info.json").read_text())
     info["version"] = -1
     (tmp_path / "realrs" / "info.json").write_text(json.dumps(info))

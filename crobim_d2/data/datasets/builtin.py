@@ -3,6 +3,7 @@
 Registration never touches the disk: each loader runs when ``DatasetCatalog.get`` is first called.
 """
 import os
+from collections.abc import Callable, Iterable
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
@@ -20,26 +21,27 @@ def _load_synrrsis(root: str, split: str) -> list[dict]:
     return load_rrsis_jsonl(os.path.join(ensure_synrrsis(root), f"{split}.jsonl"))
 
 
-def register_all_synrrsis(root: str) -> None:
-    for split in SPLITS:
-        name = f"synrrsis_{split}"
-        DatasetCatalog.register(name, lambda split=split: _load_synrrsis(root, split))
-        MetadataCatalog.get(name).set(
-            image_root=os.path.join(root, "synrrsis"), evaluator_type="rrsis", categories=list(CATEGORIES)
-        )
-
-
 def _load_realrs(root: str, split: str) -> list[dict]:
     return load_rrsis_jsonl(os.path.join(ensure_realrs(root), f"{split}.jsonl"))
 
 
-def register_all_realrs(root: str) -> None:
+def _register_generated(
+    dataset: str, root: str, load: Callable[[str, str], list[dict]], categories: Iterable[str]
+) -> None:
     for split in SPLITS:
-        name = f"realrs_{split}"
-        DatasetCatalog.register(name, lambda split=split: _load_realrs(root, split))
+        name = f"{dataset}_{split}"
+        DatasetCatalog.register(name, lambda split=split: load(root, split))
         MetadataCatalog.get(name).set(
-            image_root=os.path.join(root, "realrs"), evaluator_type="rrsis", categories=list(REALRS_CATEGORIES)
+            image_root=os.path.join(root, dataset), evaluator_type="rrsis", categories=list(categories)
         )
+
+
+def register_all_synrrsis(root: str) -> None:
+    _register_generated("synrrsis", root, _load_synrrsis, CATEGORIES)
+
+
+def register_all_realrs(root: str) -> None:
+    _register_generated("realrs", root, _load_realrs, REALRS_CATEGORIES)
 
 
 def register_all_public(root: str) -> None:

@@ -25,7 +25,7 @@ import zipfile
 
 from .make import ReferringParams, make_referring
 from .source import CropLayout, Source
-from .store import build_once, may_build, read_info
+from .store import build_once, may_build, read_info, refuse_foreign
 
 __all__ = ["REALRS_CATEGORIES", "REALRS_VERSION", "build_realrs", "ensure_realrs", "fetch_samples"]
 
@@ -127,34 +127,15 @@ def fetch_samples(cache_dir: str) -> str:
 
 
 def realrs_sources(samples: str) -> list[Source]:
-    solaris, deepforest = (
-        os.path.join(samples, "solaris", "data"),
-        os.path.join(samples, "deepforest", "data"),
-    )
+    solaris, neon = os.path.join(samples, "solaris", "data"), os.path.join(samples, "deepforest", "data")
     return [
-        Source(
-            os.path.join(solaris, "sample_geotiff.tif"),
-            os.path.join(solaris, "geotiff_labels.geojson"),
-            category="building",
-            name="spacenet_atlanta",
-            layout=BUILDING_LAYOUT,
-        ),
-        Source(
-            os.path.join(deepforest, "OSBS_029.png"),
-            os.path.join(deepforest, "OSBS_029.csv"),
-            image_name="OSBS_029.tif",
-            name="neon_osbs_029",
-            layout=TREE_LAYOUT,
-        ),
-        Source(
-            os.path.join(deepforest, "SOAP_061.png"),
-            os.path.join(deepforest, "SOAP_061.xml"),
-            category="tree",
-            attribute_field="name",
-            attribute_words={"Alive": "living", "Dead": "dead"},
-            name="neon_soap_061",
-            layout=TREE_LAYOUT,
-        ),
+        Source(os.path.join(solaris, "sample_geotiff.tif"), os.path.join(solaris, "geotiff_labels.geojson"),
+               category="building", name="spacenet_atlanta", layout=BUILDING_LAYOUT),
+        Source(os.path.join(neon, "OSBS_029.png"), os.path.join(neon, "OSBS_029.csv"),
+               image_name="OSBS_029.tif", name="neon_osbs_029", layout=TREE_LAYOUT),
+        Source(os.path.join(neon, "SOAP_061.png"), os.path.join(neon, "SOAP_061.xml"), category="tree",
+               attribute_field="name", attribute_words={"Alive": "living", "Dead": "dead"},
+               name="neon_soap_061", layout=TREE_LAYOUT),
     ]
 
 
@@ -188,6 +169,7 @@ def ensure_realrs(root: str, cache_dir: str | None = None, build: bool | None = 
     info = read_info(path)
     if _current(info):
         return path
+    refuse_foreign(root, "realrs", info, "datasets/prepare_realrs.py")
     if not info and not (may_build(root, BUILD_ENV, "build realrs") if build is None else build):
         raise FileNotFoundError(
             f"realrs not found at {os.path.abspath(path)}. It is built on first use only under the default "

@@ -8,7 +8,7 @@ import os
 import shutil
 from collections.abc import Callable
 
-__all__ = ["DEFAULT_ROOT", "build_once", "may_build", "read_info"]
+__all__ = ["DEFAULT_ROOT", "build_once", "may_build", "read_info", "refuse_foreign"]
 
 DEFAULT_ROOT = "datasets"
 
@@ -47,6 +47,16 @@ def build_once(root: str, name: str, current: Callable[[dict], bool], build: Cal
             shutil.rmtree(old)
         os.rename(tmp, final)
     return info
+
+
+def refuse_foreign(root: str, name: str, info: dict, prepare: str) -> None:
+    """A ``<root>/<name>`` folder without ``info.json`` was not built here: never replace it unasked."""
+    path = os.path.join(root, name)
+    if not info and os.path.exists(path):
+        raise FileNotFoundError(
+            f"{os.path.abspath(path)} exists but has no {name} info.json, so it is not a {name} dataset "
+            f"made by this generator; move it away, or run python {prepare} --root {root} to replace it."
+        )
 
 
 def may_build(root: str, env: str, what: str) -> bool:
