@@ -59,5 +59,6 @@ setup(
     entry_points={"console_scripts": [
         "crobim-predict=crobim_d2.geo.cli:main",
         "crobim-check-dataset=crobim_d2.data.check:main",
+        "crobim-make-referring=crobim_d2.data.referring.cli:main",
     ]},
 )

@@ -5,25 +5,20 @@ Layout under ``<root>/synrrsis/``: ``{split}.jsonl``, ``images/{split}/<scene>.p
 Each scene has its own seeded generator, so the same version and parameters give byte-identical files.
 """
 import dataclasses
-import fcntl
-import glob
 import json
 import logging
 import os
-import shutil
 import time
 
 import cv2
 import numpy as np
 
+from ..referring.store import build_once, may_build, read_info, refuse_foreign
 from .expressions import scene_expressions
 from .scene import generate_scene
 
 SYNRRSIS_VERSION = 2
 SPLITS = ("train", "val", "test")
-# The documented dataset root (relative to the working directory): the only place synrrsis is generated
-# without being asked, so that a mistyped DETECTRON2_DATASETS gives an error instead of a new dataset there.
-DEFAULT_ROOT = "datasets"
 GENERATE_ENV = "CROBIM_GENERATE_SYNRRSIS"
 
 logger = logging.getLogger(__name__)
@@ -77,49 +72,17 @@ def write_split(out_dir: str, split: str, params: SynRRSISParams) -> int:
     return len(lines)
 
 
-def _read_info(path: str) -> dict:
-    try:
-        with open(os.path.join(path, "info.json")) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return {}
-
-
 def generate_synrrsis(root: str, params: SynRRSISParams = SynRRSISParams(), force: bool = True) -> dict:
     """Generate ``<root>/synrrsis`` (replacing it when ``force``), atomically and under a file lock so
     concurrent processes do not clash. Returns the content of ``info.json``."""
-    os.makedirs(root, exist_ok=True)
-    final = os.path.join(root, "synrrsis")
-    with open(os.path.join(root, ".synrrsis.lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        info = _read_info(final)
-        if not force and info.get("version") == SYNRRSIS_VERSION:
-            return info  # another process generated it while we waited
-        for stale in glob.glob(os.path.join(root, ".synrrsis.*-*")):  # left by an interrupted run
-            shutil.rmtree(stale, ignore_errors=True)
-        tmp = os.path.join(root, f".synrrsis.tmp-{os.getpid()}")
+
+    def build(tmp: str) -> dict:
         start = time.perf_counter()
         counts = {split: write_split(tmp, split, params) for split in SPLITS}
-        info = {"version": SYNRRSIS_VERSION, "params": dataclasses.asdict(params), "expressions": counts,
+        return {"version": SYNRRSIS_VERSION, "params": dataclasses.asdict(params), "expressions": counts,
                 "seconds": round(time.perf_counter() - start, 2)}
-        with open(os.path.join(tmp, "info.json"), "w") as f:
-            json.dump(info, f, indent=1)
-        if os.path.exists(final):
-            old = os.path.join(root, f".synrrsis.old-{os.getpid()}")
-            os.rename(final, old)
-            shutil.rmtree(old)
-        os.rename(tmp, final)
-    return info
 
-
-def _may_generate(root: str) -> bool:
-    """Generate when asked (``CROBIM_GENERATE_SYNRRSIS=1``) or when ``root`` is the default ``./datasets``."""
-    value = os.environ.get(GENERATE_ENV, "")
-    if value not in ("", "0", "1"):
-        raise ValueError(f"{GENERATE_ENV}={value!r}: use 1 (generate synrrsis where it is missing) or 0.")
-    if value:
-        return value == "1"
-    return os.path.abspath(root) == os.path.abspath(DEFAULT_ROOT)
+    return build_once(root, "synrrsis", lambda info: info.get("version") == SYNRRSIS_VERSION, build, force)
 
 
 def ensure_synrrsis(
@@ -133,16 +96,13 @@ def ensure_synrrsis(
     that names the path and how to generate it.
     """
     path = os.path.join(root, "synrrsis")
-    info = _read_info(path)
+    info = read_info(path)
     if info.get("version") == SYNRRSIS_VERSION:
         return path
-    if not info and os.path.exists(path):
-        raise FileNotFoundError(
-            f"{os.path.abspath(path)} exists but has no synrrsis info.json, so it is not a synrrsis dataset "
-            "made by this generator; move it away, or run python datasets/prepare_synrrsis.py --root "
-            f"{root} to replace it."
-        )
-    if not info and not (_may_generate(root) if generate is None else generate):
+    refuse_foreign(root, "synrrsis", info, "datasets/prepare_synrrsis.py")
+    if not info and not (
+        may_build(root, GENERATE_ENV, "generate synrrsis") if generate is None else generate
+    ):
         raise FileNotFoundError(
             f"synrrsis not found at {os.path.abspath(path)}. It is generated on first use only under the "
             f"default root ./datasets; to generate it here, run python datasets/prepare_synrrsis.py --root "
