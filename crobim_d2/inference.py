@@ -1,5 +1,6 @@
 """Loading a config for inference: the one path of ``RRSISPredictor``, ``crobim-predict``, ``demo.py``, the
 benchmarks and the weight converters (``train_net.py`` has its own: it also checks datasets and processes)."""
+
 import os
 from collections.abc import Sequence
 

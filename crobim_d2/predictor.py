@@ -1,4 +1,5 @@
 """Inference on one image and one expression with a trained CroBIM."""
+
 import logging
 from collections.abc import Sequence
 
@@ -44,19 +45,24 @@ class RRSISPredictor:
         weights: str | None = None,
         device: str | None = None,
     ) -> "RRSISPredictor":
-        """A predictor for :func:`crobim_d2.inference.load_inference_config` (file, overrides, weights, device)."""
+        """A predictor for :func:`crobim_d2.inference.load_inference_config` of these arguments."""
         return cls(load_inference_config(config_file, opts, weights=weights, device=device))
 
     def __call__(self, image: np.ndarray, expression: str) -> np.ndarray:
         return self._predict(image, expression, full_resolution=True)
 
     def predict_at_model_size(self, image: np.ndarray, expression: str) -> np.ndarray:
-        """Foreground probability (S, S) float32 at ``INPUT.IMAGE_SIZE``, before the resize to the image's size
-        (which large-scene callers do window by window)."""
+        """Foreground probability (S, S) float32 at ``INPUT.IMAGE_SIZE``, before the resize to the image's
+        size (which large-scene callers do window by window)."""
         return self._predict(image, expression, full_resolution=False)
 
     def _predict(self, image: np.ndarray, expression: str, full_resolution: bool) -> np.ndarray:
-        if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        if (
+            not isinstance(image, np.ndarray)
+            or image.dtype != np.uint8
+            or image.ndim != 3
+            or image.shape[2] != 3
+        ):
             got = f"{image.dtype} {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
             raise ValueError(
                 f"RRSISPredictor needs an RGB uint8 array (H, W, 3), got {got}; read files with "
@@ -66,7 +72,11 @@ class RRSISPredictor:
         if not isinstance(expression, str) or not expression.strip():
             raise ValueError(f"RRSISPredictor needs a non-empty referring expression, got {expression!r}.")
         inputs = prepare_test_input(
-            image, expression, tokenizer=self.tokenizer, image_size=self.image_size, max_tokens=self.max_tokens
+            image,
+            expression,
+            tokenizer=self.tokenizer,
+            image_size=self.image_size,
+            max_tokens=self.max_tokens,
         )
         if not full_resolution:
             inputs["height"] = inputs["width"] = self.image_size

@@ -1,4 +1,5 @@
 """The one overlay painter of a mask on its image (crobim-predict, demo.py, the demo job's picture grid)."""
+
 import cv2
 import numpy as np
 

@@ -1,4 +1,5 @@
-"""Shared by the crobim-predict tests: small generated rasters, fake predictors, a tiny trained-format model."""
+"""Shared by the crobim-predict tests: small generated rasters, fake predictors, a tiny saved model."""
+
 import numpy as np
 import rasterio
 import torch

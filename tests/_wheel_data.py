@@ -1,9 +1,10 @@
-"""Real third-party imagery shipped inside wheels on the package index, fetched once into ``output/test_data/``
-(ignored by git, never committed).
+"""Real third-party imagery shipped inside wheels on the package index, fetched once into
+``output/test_data/`` (ignored by git, never committed).
 
 The wheel file is fetched from the index's simple page, not with pip: solaris 0.4.0's metadata has a malformed
 dependency string that pip >= 24.1 refuses even for ``pip download``. ``PIP_INDEX_URL`` selects another index.
 """
+
 import hashlib
 import json
 import os
@@ -36,12 +37,13 @@ def _wheel_links(project: str) -> dict[str, tuple[str, str | None]]:
     if "json" in kind:
         files = json.loads(body)["files"]
         return {
-            f["filename"]: (urllib.parse.urljoin(page, f["url"]), f.get("hashes", {}).get("sha256")) for f in files
+            f["filename"]: (urllib.parse.urljoin(page, f["url"]), f.get("hashes", {}).get("sha256"))
+            for f in files
         }
     links = {}
     for href in re.findall(r'href="([^"]+)"', body):
         url, _, fragment = urllib.parse.urljoin(page, href).partition("#")
-        sha = fragment[len("sha256="):] if fragment.startswith("sha256=") else None
+        sha = fragment[len("sha256=") :] if fragment.startswith("sha256=") else None
         links[os.path.basename(urllib.parse.urlparse(url).path)] = (url, sha)
     return links
 
@@ -77,8 +79,8 @@ def wheel_member(project: str, version: str, member: str) -> str:
         wheel = os.path.join(wheels, cached[0]) if cached else _download(project, version)
     except (OSError, ValueError, KeyError) as e:  # URLError is an OSError
         raise FetchError(
-            f"Cannot fetch {project}=={version} from {_index()} ({e}). These tests read real imagery from it; "
-            f"give the machine access to the package index, or put the wheel into {wheels}/."
+            f"Cannot fetch {project}=={version} from {_index()} ({e}). These tests read real imagery from "
+            f"it: give the machine access to the package index, or put the wheel into {wheels}/."
         ) from e
     with zipfile.ZipFile(wheel) as z:
         z.extract(member, root)

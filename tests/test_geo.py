@@ -38,7 +38,9 @@ from crobim_d2.geo.raster import GeoInputError, band_range, stretch_band
 def test_geotiff_outputs_keep_crs_transform_and_areas(tmp_path):
     scene = read_scene(rgb_scene(tmp_path / "scene.tif"))
     options = PredictOptions(min_area_px=16)
-    record = write_prediction(scene, ArrayProbability(ring_prob()), "the pond", str(tmp_path / "out"), "s", options)
+    record = write_prediction(
+        scene, ArrayProbability(ring_prob()), "the pond", str(tmp_path / "out"), "s", options
+    )
     files = record["files"]
     with rasterio.open(files["mask_tif"]) as src:
         assert src.crs == CRS_UTM and src.transform == TRANSFORM and (src.height, src.width) == (H, W)
@@ -94,12 +96,16 @@ def test_simplify_keeps_polygons_valid_and_the_mask_exact(tmp_path):
     disc = ((yy - 24) ** 2 + (xx - 32) ** 2 < 18**2).astype(np.float32)
     scene = read_scene(rgb_scene(tmp_path / "scene.tif"))
     exact = write_prediction(scene, ArrayProbability(disc), "x", str(tmp_path / "a"), "s")
-    simple = write_prediction(scene, ArrayProbability(disc), "x", str(tmp_path / "b"), "s", PredictOptions(simplify=6))
+    simple = write_prediction(
+        scene, ArrayProbability(disc), "x", str(tmp_path / "b"), "s", PredictOptions(simplify=6)
+    )
     a = shape(json.loads(Path(exact["files"]["geojson"]).read_text())["features"][0]["geometry"])
     b = shape(json.loads(Path(simple["files"]["geojson"]).read_text())["features"][0]["geometry"])
     assert b.is_valid and len(b.exterior.coords) < len(a.exterior.coords) / 3
     assert b.area == pytest.approx(a.area, rel=0.05)
-    np.testing.assert_array_equal(read_band(exact["files"]["mask_tif"]), read_band(simple["files"]["mask_tif"]))
+    np.testing.assert_array_equal(
+        read_band(exact["files"]["mask_tif"]), read_band(simple["files"]["mask_tif"])
+    )
 
 
 def test_windows_join_polygons_across_their_borders(tmp_path):
@@ -110,9 +116,15 @@ def test_windows_join_polygons_across_their_borders(tmp_path):
     scene = read_scene(rgb_scene(tmp_path / "scene.tif"))
     results = {}
     for size in (2048, 13, 20):
-        record = write_prediction(scene, ArrayProbability(prob), "x", str(tmp_path / str(size)), "s", window_size=size)
+        record = write_prediction(
+            scene, ArrayProbability(prob), "x", str(tmp_path / str(size)), "s", window_size=size
+        )
         gj = json.loads(Path(record["files"]["geojson"]).read_text())
-        results[size] = (record, [shape(f["geometry"]) for f in gj["features"]], read_band(record["files"]["mask_tif"]))
+        results[size] = (
+            record,
+            [shape(f["geometry"]) for f in gj["features"]],
+            read_band(record["files"]["mask_tif"]),
+        )
     one, polys, mask = results[2048]
     assert one["polygons"] >= 2
     for size in (13, 20):
@@ -126,7 +138,9 @@ def test_windows_join_polygons_across_their_borders(tmp_path):
 def test_upsample_windows_match_the_model_resize():
     prob = np.random.default_rng(0).random((32, 32), dtype=np.float32)
     for size in ((48, 64), (150, 100), (20, 31)):
-        full = F.interpolate(torch.from_numpy(prob)[None, None], size=size, mode="bilinear", align_corners=False)
+        full = F.interpolate(
+            torch.from_numpy(prob)[None, None], size=size, mode="bilinear", align_corners=False
+        )
         full = full[0, 0].numpy()
         np.testing.assert_array_equal(upsample(prob, size, Window(0, 0, size[1], size[0])), full)
         part = upsample(prob, size, Window(5, 3, size[1] - 9, size[0] - 4))
@@ -152,7 +166,9 @@ def test_stretch_ignores_invalid_pixels():
     band = np.array([[0, 50], [200, 60000]], np.uint16)
     valid = np.array([[True, True], [True, False]])
     assert band_range(band, valid, (0, 100)) == (0.0, 200.0)
-    np.testing.assert_array_equal(stretch_band(band, 0.0, 200.0), [[0, 64], [255, 255]])  # 50 / 200 * 255 = 63.75
+    np.testing.assert_array_equal(
+        stretch_band(band, 0.0, 200.0), [[0, 64], [255, 255]]
+    )  # 50 / 200 * 255 = 63.75
 
 
 def test_nodata_follows_rasterio_dataset_mask(tmp_path):
@@ -213,8 +229,14 @@ def test_two_colour_bands_need_a_choice(tmp_path):
 def test_png_without_crs_gives_plain_tiff_and_pixel_coordinates(tmp_path):
     path = write_raster(tmp_path / "photo.png", np.zeros((3, H, W), np.uint8), crs=None, driver="PNG")
     scene = read_scene(path)
-    record = write_prediction(scene, ArrayProbability(ring_prob()), "pond", str(tmp_path / "out"), "p",
-                              PredictOptions(min_area_px=16))
+    record = write_prediction(
+        scene,
+        ArrayProbability(ring_prob()),
+        "pond",
+        str(tmp_path / "out"),
+        "p",
+        PredictOptions(min_area_px=16),
+    )
     with rasterio.open(record["files"]["mask_tif"]) as src:
         assert src.crs is None and src.transform.is_identity and src.read(1).sum() == 364
     gj = json.loads(Path(record["files"]["geojson"]).read_text())
@@ -257,9 +279,17 @@ def test_tile_layout_and_blend_weights():
 
 def test_one_tile_over_the_scene_is_the_whole_scene_mode(tmp_path):
     path = red_stripe_scene(tmp_path / "bar.tif")
-    whole = predict_scene(FakePredictor(), path, "the bar", str(tmp_path / "w"), "b", PredictOptions(save_prob=True))
-    tiled = predict_scene(FakePredictor(), path, "the bar", str(tmp_path / "t"), "b",
-                          PredictOptions(save_prob=True, tile_size=512, tile_overlap=64))
+    whole = predict_scene(
+        FakePredictor(), path, "the bar", str(tmp_path / "w"), "b", PredictOptions(save_prob=True)
+    )
+    tiled = predict_scene(
+        FakePredictor(),
+        path,
+        "the bar",
+        str(tmp_path / "t"),
+        "b",
+        PredictOptions(save_prob=True, tile_size=512, tile_overlap=64),
+    )
     for key in ("mask_tif", "prob_tif"):
         np.testing.assert_array_equal(read_band(whole["files"][key]), read_band(tiled["files"][key]))
     assert Path(whole["files"]["geojson"]).read_text() == Path(tiled["files"]["geojson"]).read_text()
@@ -300,7 +330,9 @@ def test_empty_result_is_valid(tmp_path):
     assert not read_band(record["files"]["mask_tif"]).any()
     gj = json.loads(Path(record["files"]["geojson"]).read_text())
     assert gj["type"] == "FeatureCollection" and gj["features"] == [] and gj["properties"]["score"] == 0.0
-    record = write_prediction(scene, zeros, "nothing", str(tmp_path), "g", PredictOptions(vector_format="gpkg"))
+    record = write_prediction(
+        scene, zeros, "nothing", str(tmp_path), "g", PredictOptions(vector_format="gpkg")
+    )
     info = pyogrio.read_info(record["files"]["gpkg"])
     assert info["features"] == 0 and info["geometry_type"] == "Polygon" and info["crs"] == "EPSG:32633"
 
@@ -308,8 +340,14 @@ def test_empty_result_is_valid(tmp_path):
 def test_geopackage_has_the_features_of_the_geojson(tmp_path):
     scene = read_scene(rgb_scene(tmp_path / "scene.tif"))
     gj_rec = write_prediction(scene, ArrayProbability(ring_prob()), "the pond", str(tmp_path), "a")
-    gp_rec = write_prediction(scene, ArrayProbability(ring_prob()), "the pond", str(tmp_path), "a",
-                              PredictOptions(vector_format="gpkg"))
+    gp_rec = write_prediction(
+        scene,
+        ArrayProbability(ring_prob()),
+        "the pond",
+        str(tmp_path),
+        "a",
+        PredictOptions(vector_format="gpkg"),
+    )
     features = json.loads(Path(gj_rec["files"]["geojson"]).read_text())["features"]
     assert pyogrio.list_layers(gp_rec["files"]["gpkg"]).tolist() == [["a", "Polygon"]]
     meta, _, geometries, fields = pyogrio.raw.read(gp_rec["files"]["gpkg"])
@@ -343,8 +381,14 @@ def test_failed_job_leaves_no_partial_files(tmp_path, monkeypatch):
 
     monkeypatch.setattr(scene.__class__, "read_valid", lambda self, window: broken(window))
     with pytest.raises(GeoInputError, match="Cannot decode"):
-        write_prediction(scene, ArrayProbability(ring_prob()), "x", str(tmp_path / "out"), "s",
-                         PredictOptions(save_prob=True))
+        write_prediction(
+            scene,
+            ArrayProbability(ring_prob()),
+            "x",
+            str(tmp_path / "out"),
+            "s",
+            PredictOptions(save_prob=True),
+        )
     assert os.listdir(tmp_path / "out") == []
 
 

@@ -47,7 +47,17 @@ def test_cli_inputs_times_expressions(tmp_path, model_files):
     args, fake = model_files
     a, b = rgb_scene(tmp_path / "a.tif"), rgb_scene(tmp_path / "b.tif")
     out = tmp_path / "out"
-    argv = args + ["--input", a, b, "--expression", "the pond", "--expression", "the field", "--output-dir", str(out)]
+    argv = args + [
+        "--input",
+        a,
+        b,
+        "--expression",
+        "the pond",
+        "--expression",
+        "the field",
+        "--output-dir",
+        str(out),
+    ]
     assert cli.main(argv) == 0
     assert [c[1] for c in fake.calls] == ["the pond", "the field"] * 2
     for name in ("a_the-pond", "a_the-field", "b_the-pond", "b_the-field"):
@@ -118,7 +128,12 @@ def test_cli_accepts_gray_alpha_png_and_empty_results(tmp_path, model_files):
     la[..., 1] = 255
     Image.fromarray(la, mode="LA").save(tmp_path / "dark.png")
     out = tmp_path / "out"
-    assert cli.main(args + ["--input", str(tmp_path / "dark.png"), "--expression", "x", "--output-dir", str(out)]) == 0
+    assert (
+        cli.main(
+            args + ["--input", str(tmp_path / "dark.png"), "--expression", "x", "--output-dir", str(out)]
+        )
+        == 0
+    )
     (record,) = records_of(out)  # a black image: the fake finds nothing
     assert fake.calls[0][0].shape == (H, W, 3) and not fake.calls[0][0].any()
     assert record["score"] == 0 and record["polygons"] == 0 and "error" not in record
@@ -162,7 +177,8 @@ def test_cli_errors(tmp_path, model_files, capsys):
         capsys, args + ["--input", good, "--expression", "x", "--threshold", "1.5"] + out
     )
     assert "--tile-overlap 40 must be" in _error(
-        capsys, args + ["--input", good, "--expression", "x", "--tile-size", "64", "--tile-overlap", "40"] + out
+        capsys,
+        args + ["--input", good, "--expression", "x", "--tile-size", "64", "--tile-overlap", "40"] + out,
     )
     assert "give --input and --expression" in _error(capsys, args + ["--input", good] + out)
     assert not fake.calls  # every check happens before any prediction
@@ -187,7 +203,11 @@ def full_array_reference(predictor, path, expression, min_area_px):
     mask = prob > 0.5
     geoms = [shape(g) for g, _ in features.shapes(mask.astype(np.uint8), mask=mask, transform=transform)]
     geoms = [g for g in geoms if g.area / abs(transform.determinant) >= min_area_px]
-    kept = features.rasterize(((g, 1) for g in geoms), out_shape=mask.shape, transform=transform) if geoms else 0 * mask
+    kept = (
+        features.rasterize(((g, 1) for g in geoms), out_shape=mask.shape, transform=transform)
+        if geoms
+        else 0 * mask
+    )
     return prob, kept.astype(np.uint8), geoms
 
 

@@ -84,7 +84,9 @@ def test_spacenet_pan_uint16_utm(spacenet_pan, predictor, tmp_path):
     for key in ("mask_tif", "prob_tif"):
         np.testing.assert_array_equal(read_band(same["files"][key]), read_band(whole["files"][key]))
 
-    tiles = PredictOptions(save_prob=True, threshold=0.79, tile_size=512, tile_overlap=64, vector_format="gpkg")
+    tiles = PredictOptions(
+        save_prob=True, threshold=0.79, tile_size=512, tile_overlap=64, vector_format="gpkg"
+    )
     tiled = predict_scene(predictor, scene, "the large building", str(tmp_path / "t"), options=tiles)
     check_georeferenced_like(tiled, spacenet_pan)
     assert pyogrio.read_info(tiled["files"]["gpkg"])["crs"] == "EPSG:32616"
@@ -101,7 +103,11 @@ def test_neon_rgb_nodata_follows_dataset_mask(neon_rgb, predictor, tmp_path):
     assert not rgb[~valid].any()
     with rasterio.open(neon_rgb) as src:
         np.testing.assert_array_equal(rgb[valid], src.read().transpose(1, 2, 0)[valid])  # uint8 as it is
-    for options in (PredictOptions(save_prob=True, threshold=0.79), PredictOptions(save_prob=True, threshold=0.79,
-                                                                                   tile_size=256, tile_overlap=32)):
-        record = predict_scene(predictor, scene, "the trees", str(tmp_path / str(options.tile_size)), options=options)
+    for options in (
+        PredictOptions(save_prob=True, threshold=0.79),
+        PredictOptions(save_prob=True, threshold=0.79, tile_size=256, tile_overlap=32),
+    ):
+        record = predict_scene(
+            predictor, scene, "the trees", str(tmp_path / str(options.tile_size)), options=options
+        )
         check_georeferenced_like(record, neon_rgb)

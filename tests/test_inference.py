@@ -1,4 +1,5 @@
 """load_inference_config: the one config loader of the inference entry points, and its checks."""
+
 import pytest
 import torch
 from _tiny_train_config import CONFIG, TINY_OPTS

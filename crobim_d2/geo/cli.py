@@ -58,7 +58,9 @@ def jobs_from_args(images: Sequence[str], expressions: Sequence[str]) -> list[Jo
     """One job per (image, expression), images in order, each image's expressions together."""
     used: set[str] = set()
     expressions = [check_expression(e, " in --expression") for e in expressions]
-    return [Job(img, e, _unique(default_name(img, e), used)) for img in expand_inputs(images) for e in expressions]
+    return [
+        Job(img, e, _unique(default_name(img, e), used)) for img in expand_inputs(images) for e in expressions
+    ]
 
 
 def jobs_from_jsonl(path: str) -> list[Job]:
@@ -87,7 +89,9 @@ def jobs_from_jsonl(path: str) -> list[Job]:
                 )
             expression = check_expression(record.get("expression"), f" at {where}")
             image = os.path.join(root, os.path.expanduser(record["image"]))
-            jobs.append(Job(image, expression, _unique(record.get("name") or default_name(image, expression), used)))
+            jobs.append(
+                Job(image, expression, _unique(record.get("name") or default_name(image, expression), used))
+            )
     if not jobs:
         raise GeoInputError(f'{path} holds no jobs; write one {{"image": ..., "expression": ...}} per line')
     return jobs
@@ -119,7 +123,9 @@ def run_jobs(
     return records
 
 
-def build_predictor(config_file: str, weights: str, opts: Sequence[str], device: str | None) -> ScenePredictor:
+def build_predictor(
+    config_file: str, weights: str, opts: Sequence[str], device: str | None
+) -> ScenePredictor:
     """A :class:`crobim_d2.RRSISPredictor` for the config, checkpoint and overrides, with the process-wide
     settings of an entry point applied (``CPU_MALLOC_REUSE``)."""
     from crobim_d2 import RRSISPredictor
@@ -140,7 +146,9 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--config-file", required=True, help="CroBIM config YAML the checkpoint was trained with")
     p.add_argument("--weights", required=True, help="trained CroBIM checkpoint (.pth)")
     p.add_argument(
-        "--input", nargs="+", help="rasters (PNG, JPEG, TIFF, GeoTIFF) or folders (every raster inside, sorted)"
+        "--input",
+        nargs="+",
+        help="rasters (PNG, JPEG, TIFF, GeoTIFF) or folders (every raster inside, sorted)",
     )
     p.add_argument("--expression", action="append", help="referring expression; repeat for several per image")
     p.add_argument(
@@ -189,7 +197,9 @@ def get_parser() -> argparse.ArgumentParser:
         help="tiled mode: run the expression on windows of this many input pixels, each at the model's input "
         "size, blended where they overlap (default: the whole scene at once)",
     )
-    p.add_argument("--tile-overlap", type=int, default=0, help="overlap of the tiles in input pixels (default 0)")
+    p.add_argument(
+        "--tile-overlap", type=int, default=0, help="overlap of the tiles in input pixels (default 0)"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
     p.add_argument(
@@ -257,3 +267,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         summary += f"; {failed} failed (their reasons are in predictions.jsonl)"
     print(summary, file=sys.stderr)
     return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

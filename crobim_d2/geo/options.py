@@ -34,7 +34,9 @@ class PredictOptions:
             if not value >= 0:
                 raise GeoInputError(f"{flag} {value} must be >= 0 ({unit}); 0 turns it off")
         if self.vector_format not in VECTOR_FORMATS:
-            raise GeoInputError(f"--vector-format {self.vector_format!r}: use one of {', '.join(VECTOR_FORMATS)}")
+            raise GeoInputError(
+                f"--vector-format {self.vector_format!r}: use one of {', '.join(VECTOR_FORMATS)}"
+            )
         if self.tile_size is None:
             if self.tile_overlap:
                 raise GeoInputError("--tile-overlap needs --tile-size (the tiled mode)")
@@ -43,7 +45,8 @@ class PredictOptions:
             raise GeoInputError(f"--tile-size {self.tile_size} must be at least {MIN_TILE_SIZE} pixels")
         if not 0 <= self.tile_overlap <= self.tile_size // 2:
             raise GeoInputError(
-                f"--tile-overlap {self.tile_overlap} must be in [0, {self.tile_size // 2}] (half of --tile-size)"
+                f"--tile-overlap {self.tile_overlap} must be in [0, {self.tile_size // 2}] "
+                "(half of --tile-size)"
             )
 
 

@@ -1,7 +1,8 @@
 """One prediction of a scene: read it, run the expression (whole scene or tiles), write the outputs.
 
 :func:`predict_scene` is the one inference path of ``crobim-predict`` (once per job) and of a server (once per
-request, with a predictor loaded at start-up); it raises :class:`GeoInputError` with the message the CLI prints.
+request, with a predictor loaded at start-up); it raises :class:`GeoInputError` with the message the CLI
+prints.
 """
 
 import os
@@ -60,7 +61,9 @@ def predict_scene(
         )
         mode = f"tiled {options.tile_size}/{options.tile_overlap}"
     try:
-        record = write_prediction(scene, source, expression, output_dir, name or default_name(scene.path, expression), options)
+        record = write_prediction(
+            scene, source, expression, output_dir, name or default_name(scene.path, expression), options
+        )
     finally:
         source.close()
     return {**record, "mode": mode}

@@ -22,7 +22,7 @@ class ScenePredictor(Protocol):
 
 
 def _linear_weights(n_in: int, n_out: int, start: int, stop: int):
-    """Source indices and weights of outputs ``start..stop`` of a 1-D bilinear resize (align_corners=False)."""
+    """Source indices and weights of outputs ``start..stop`` of a 1-D bilinear resize (no corner alignment)."""
     i = np.arange(start, stop)
     if n_in == n_out:
         return i, i, np.ones(len(i), np.float32), np.zeros(len(i), np.float32)
@@ -39,14 +39,16 @@ def upsample(prob: np.ndarray, size: tuple[int, int], window: Window) -> np.ndar
     """``window`` of ``prob`` (h, w) resized bilinearly to ``size`` (H, W), as ``F.interpolate(...,
     mode="bilinear", align_corners=False)`` (the model's own resize) would give it for the whole map.
 
-    A window covering the whole map is computed by ``F.interpolate`` itself; a smaller one by the same formula,
-    equal to it up to float rounding.
+    A window covering the whole map is computed by ``F.interpolate`` itself; a smaller one by the same
+    formula, equal to it up to float rounding.
     """
     r0, c0 = int(window.row_off), int(window.col_off)
     r1, c1 = r0 + int(window.height), c0 + int(window.width)
     prob = np.asarray(prob, np.float32)
     if (r0, c0, r1, c1) == (0, 0, *size):
-        resized = F.interpolate(torch.from_numpy(prob)[None, None], size=size, mode="bilinear", align_corners=False)
+        resized = F.interpolate(
+            torch.from_numpy(prob)[None, None], size=size, mode="bilinear", align_corners=False
+        )
         return resized[0, 0].numpy()
     y0, y1, a0, a1 = _linear_weights(prob.shape[0], size[0], r0, r1)
     x0, x1, b0, b1 = _linear_weights(prob.shape[1], size[1], c0, c1)
@@ -71,7 +73,7 @@ class WholeSceneProbability:
 
 
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
-    """Offsets of tiles of ``tile`` px overlapping by at least ``overlap`` px; the last one ends at ``length``."""
+    """Offsets of ``tile`` px tiles overlapping by at least ``overlap`` px; the last one ends at ``length``."""
     if length <= tile:
         return [0]
     return list(range(0, length - tile, tile - overlap)) + [length - tile]

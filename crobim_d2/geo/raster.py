@@ -2,7 +2,8 @@
 
 A :class:`Scene` holds a raster's header, its stretch statistics and a preview of the whole scene read at
 reduced resolution straight from the file (GDAL uses the file's overviews when it has them); full-resolution
-pixels are only ever read window by window. This is the one image reader of ``crobim-predict`` and ``demo.py``.
+pixels are only ever read window by window. This is the one image reader of ``crobim-predict`` and
+``demo.py``.
 """
 
 import contextlib
@@ -92,8 +93,8 @@ def _open(path: str) -> Iterator[rasterio.DatasetReader]:
     except RasterioError as e:
         reason = e.__cause__ or e  # GDAL's own message ("Premature end of JPEG file") when there is one
         raise GeoInputError(
-            f"Cannot decode the pixels of {path} ({reason}); the file is damaged or truncated: export or copy "
-            "it again"
+            f"Cannot decode the pixels of {path} ({reason}); the file is damaged or truncated: "
+            "export or copy it again"
         ) from None
 
 
@@ -144,7 +145,9 @@ def band_range(band: np.ndarray, valid: np.ndarray, percentiles: tuple[float, fl
 def stretch_band(band: np.ndarray, lo: float, hi: float) -> np.ndarray:
     """Linear stretch of one band from [lo, hi] to 0..255 (all 0 when hi <= lo)."""
     scale = 255.0 / (hi - lo) if hi > lo else 0.0
-    out = np.nan_to_num(np.clip((band.astype(np.float64) - lo) * scale, 0, 255))  # NaN: invalid, set to 0 later
+    out = np.nan_to_num(
+        np.clip((band.astype(np.float64) - lo) * scale, 0, 255)
+    )  # NaN: invalid, set to 0 later
     return np.round(out).astype(np.uint8)
 
 
@@ -158,7 +161,9 @@ class Scene:
     bands: tuple[int, ...]
     crs: CRS | None
     transform: Affine  # pixel -> CRS coordinates; the identity when the file has none
-    ranges: tuple[tuple[float, float], ...] | None  # per band [low, high] stretched to 0..255; None: uint8 as is
+    ranges: (
+        tuple[tuple[float, float], ...] | None
+    )  # per band [low, high] stretched to 0..255; None: uint8 as is
     palette: np.ndarray | None  # (256, 3) uint8 colours of a palette band
     floating: bool
     preview: np.ndarray  # uint8 (h, w, 3): the scene, at most PREVIEW_MAX_SIDE a side, nodata 0
@@ -172,9 +177,11 @@ class Scene:
     def full_window(self) -> Window:
         return Window(0, 0, self.width, self.height)
 
-    def read(self, window: Window | None = None, max_side: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """RGB uint8 (h, w, 3) and validity (h, w) of ``window`` (default: the whole scene), at full resolution
-        or decimated (GDAL's average; overviews when the file has them) to at most ``max_side`` a side."""
+    def read(
+        self, window: Window | None = None, max_side: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """RGB uint8 (h, w, 3) and validity (h, w) of ``window`` (default: the whole scene), at full
+        resolution or decimated (GDAL's average; overviews when the file has them) to at most ``max_side`` a side."""
         window = window or self.full_window
         out_shape = decimated_shape(int(window.height), int(window.width), max_side)
         with gdal_env(), _open(self.path) as src:
@@ -244,7 +251,9 @@ def read_scene(
         indexes = _select_bands(src, bands)
         palette = _palette(src, indexes)
         shape = decimated_shape(src.height, src.width, PREVIEW_MAX_SIDE)
-        data, valid = _read_bands(src, indexes, Window(0, 0, src.width, src.height), shape, palette is not None)
+        data, valid = _read_bands(
+            src, indexes, Window(0, 0, src.width, src.height), shape, palette is not None
+        )
         header = {"height": src.height, "width": src.width, "crs": src.crs, "transform": src.transform}
     ranges = None
     if palette is None and data.dtype != np.uint8:

@@ -5,6 +5,8 @@ Each window's mask is split into 4-connected components (OpenCV labels) and trac
 touch across a window border (a mask pixel on each side of it) are joined by union-find on the border pixels
 and their pieces merged with shapely's ``union_all``: no full-resolution mask is ever held, and a polygon is
 the same whichever windows it was traced in. Coordinates go to the CRS at the end, as GDAL computes them.
+Each window's pixels are also given the ids of their pieces, so that the mask of the polygons kept can be
+written later without rasterising them.
 """
 
 import json
@@ -32,7 +34,14 @@ class Polygons:
     prob_sums: np.ndarray  # float64
 
     def select(self, keep: np.ndarray) -> "Polygons":
-        return Polygons([g for g, k in zip(self.geometries, keep) if k], self.pixels[keep], self.prob_sums[keep])
+        return Polygons(
+            [g for g, k in zip(self.geometries, keep) if k], self.pixels[keep], self.prob_sums[keep]
+        )
+
+
+@dataclass
+class TracedPolygons(Polygons):
+    piece_polygon: np.ndarray  # int64: the polygon of each traced piece (its id in ``add``'s output, minus 1)
 
 
 class WindowedPolygonizer:
@@ -60,7 +69,8 @@ class WindowedPolygonizer:
             if ri != rj:
                 self._parent[max(ri, rj)] = min(ri, rj)
 
-    def add(self, window: Window, mask: np.ndarray, prob: np.ndarray) -> None:
+    def add(self, window: Window, mask: np.ndarray, prob: np.ndarray) -> np.ndarray:
+        """Trace the window's mask; returns its pixels' piece ids + 1 (0: background), int32 (h, w)."""
         r0, c0 = int(window.row_off), int(window.col_off)
         c1 = c0 + int(window.width)
         n, labels = cv2.connectedComponents(mask.astype(np.uint8), connectivity=4, ltype=cv2.CV_32S)
@@ -79,28 +89,35 @@ class WindowedPolygonizer:
         self._join(self._above[c0:c1], ids[labels[0]])
         if c0 > 0:
             if c0 != self._next_col:
-                raise ValueError(f"windows must come in row-major order; got column {c0} after {self._next_col}")
+                raise ValueError(
+                    f"windows must come in row-major order; got column {c0} after {self._next_col}"
+                )
             self._join(self._left, ids[labels[:, 0]])
         self._above[c0:c1] = ids[labels[-1]]
         self._left = ids[labels[:, -1]]
         self._next_col = c1
+        return ids.astype(np.int32)[labels]
 
-    def polygons(self) -> Polygons:
+    def polygons(self) -> TracedPolygons:
         """Merged polygons, in the order of their first piece (for one window: GDAL's order)."""
         groups: dict[int, list[int]] = {}
         for i in range(len(self._pieces)):
             groups.setdefault(self._find(i), []).append(i)
         geometries, pixels, sums = [], [], []
-        for members in groups.values():
+        piece_polygon = np.zeros(len(self._pieces), np.int64)
+        for k, members in enumerate(groups.values()):
             pieces = [self._pieces[i] for i in members]
             geometries.append(pieces[0] if len(pieces) == 1 else shapely.union_all(pieces))
             pixels.append(sum(self._pixels[i] for i in members))
             sums.append(sum(self._sums[i] for i in members))
-        return Polygons(geometries, np.array(pixels, np.int64), np.array(sums, np.float64))
+            piece_polygon[members] = k
+        return TracedPolygons(
+            geometries, np.array(pixels, np.int64), np.array(sums, np.float64), piece_polygon
+        )
 
 
 def to_crs(geometry: BaseGeometry, transform: Affine) -> BaseGeometry:
-    """Pixel (column, row) -> CRS coordinates, with GDAL's arithmetic (as ``features.shapes`` would give them)."""
+    """Pixel (column, row) -> CRS coordinates with GDAL's arithmetic (as ``features.shapes`` gives them)."""
     a, b, c, d, e, f = transform[:6]
 
     def apply(xy: np.ndarray) -> np.ndarray:

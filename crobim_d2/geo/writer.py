@@ -1,10 +1,12 @@
 """Writing one prediction window by window: mask and probability GeoTIFFs, PNG previews, polygons.
 
-Pass 1 asks the probability source for each window, writes the probability, and traces the thresholded mask;
-pass 2 writes the mask of the polygons kept (specks dropped), so the raster and vector outputs agree pixel for
-pixel. Files are written under temporary names and renamed at the end: a failed job leaves nothing partial.
+Pass 1 asks the probability source for each window, writes the probability, and traces the thresholded mask
+(each pixel's piece id goes to a temporary GeoTIFF); pass 2 writes the mask of the polygons kept (specks
+dropped) from those ids, so the raster and vector outputs agree pixel for pixel. Files are written under
+temporary names and renamed at the end: a failed job leaves nothing partial.
 """
 
+import contextlib
 import os
 import warnings
 from collections.abc import Iterator
@@ -13,11 +15,8 @@ import cv2
 import numpy as np
 import rasterio
 import shapely
-from affine import Affine
-from rasterio import features
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
-from shapely.geometry import box
 
 from ..visualization import overlay_mask
 from .options import DEFAULT_OPTIONS, PredictOptions
@@ -69,10 +68,11 @@ def _write_png(path: str, image: np.ndarray) -> None:
 
 
 class _Staged:
-    """Output paths written as ``<stem>.partial<ext>`` and renamed on success, removed on failure."""
+    """Paths written as ``<stem>.partial<ext>``: those in ``keep`` are renamed to their names on success, the
+    others (and all of them on failure) removed."""
 
-    def __init__(self, files: dict[str, str]):
-        self.files = files
+    def __init__(self, files: dict[str, str], keep: dict[str, str]):
+        self.files, self.keep = files, keep
         self.tmp = {k: "{}.partial{}".format(*os.path.splitext(p)) for k, p in files.items()}
 
     def __enter__(self) -> dict[str, str]:
@@ -80,55 +80,53 @@ class _Staged:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         for key, tmp in self.tmp.items():
-            if exc_type is None:
+            if exc_type is None and key in self.keep:
                 os.replace(tmp, self.files[key])
             elif os.path.exists(tmp):
                 os.remove(tmp)
 
 
-def _trace(scene: Scene, probability, options: PredictOptions, prob_path: str | None, window_size: int):
-    """Pass 1: probability (zero where invalid) window by window, written if asked, traced into polygons."""
+def _trace(scene: Scene, probability, options: PredictOptions, paths: dict[str, str], window_size: int):
+    """Pass 1: probability (zero where invalid) window by window, written if asked, traced into polygons; the
+    pixels' piece ids go to ``paths["pieces"]`` for pass 2."""
     polygonizer = WindowedPolygonizer(scene.width)
-    dst = _geotiff(prob_path, scene, "float32") if prob_path else None
-    try:
+    with contextlib.ExitStack() as stack:
+        pieces = stack.enter_context(_geotiff(paths["pieces"], scene, "int32"))
+        prob_out = None
+        if "prob_tif" in paths:
+            prob_out = stack.enter_context(_geotiff(paths["prob_tif"], scene, "float32"))
         for window in iter_windows(scene.height, scene.width, window_size):
             valid = scene.read_valid(window)
             prob = np.where(valid, probability.window(window), np.float32(0)).astype(np.float32)
-            if dst is not None:
-                dst.write(prob, 1, window=window)
-            polygonizer.add(window, prob > options.threshold, prob)
-    finally:
-        if dst is not None:
-            dst.close()
+            if prob_out is not None:
+                prob_out.write(prob, 1, window=window)
+            pieces.write(polygonizer.add(window, prob > options.threshold, prob), 1, window=window)
     return polygonizer.polygons()
 
 
-def _write_mask(scene: Scene, kept: Polygons, path: str, window_size: int) -> np.ndarray:
-    """Pass 2: the mask of the kept polygons (1 / 0) window by window; returns it at preview resolution."""
-    tree = shapely.STRtree(kept.geometries)
+def _write_mask(scene: Scene, keep_piece: np.ndarray, paths: dict[str, str], window_size: int) -> np.ndarray:
+    """Pass 2: the mask of the kept pieces (1 / 0) window by window; returns it at the preview's resolution."""
     rows = _preview_index(scene.height, scene.preview.shape[0])
     cols = _preview_index(scene.width, scene.preview.shape[1])
     preview = np.zeros(scene.preview.shape[:2], bool)
-    with _geotiff(path, scene, "uint8") as dst:
+    lookup = np.concatenate([[0], keep_piece]).astype(np.uint8)  # id 0: background
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        pieces = rasterio.open(paths["pieces"])
+    with pieces, _geotiff(paths["mask_tif"], scene, "uint8") as dst:
         for window in iter_windows(scene.height, scene.width, window_size):
             r0, c0 = int(window.row_off), int(window.col_off)
-            h, w = int(window.height), int(window.width)
-            hits = tree.query(box(c0, r0, c0 + w, r0 + h))
-            mask = np.zeros((h, w), np.uint8)
-            if len(hits):
-                shapes = ((kept.geometries[i], 1) for i in hits)
-                mask = features.rasterize(shapes, out_shape=(h, w), transform=Affine.translation(c0, r0), dtype=np.uint8)
+            mask = lookup[pieces.read(1, window=window)]
             dst.write(mask, 1, window=window)
-            ri = np.flatnonzero((rows >= r0) & (rows < r0 + h))
-            ci = np.flatnonzero((cols >= c0) & (cols < c0 + w))
+            ri = np.flatnonzero((rows >= r0) & (rows < r0 + mask.shape[0]))
+            ci = np.flatnonzero((cols >= c0) & (cols < c0 + mask.shape[1]))
             preview[np.ix_(ri, ci)] = mask[np.ix_(rows[ri] - r0, cols[ci] - c0)] > 0
     return preview
 
 
-def _keep(polygons: Polygons, scene: Scene, options: PredictOptions) -> Polygons:
+def _keep(polygons: Polygons, scene: Scene, options: PredictOptions) -> np.ndarray:
     pixel_area = abs(scene.transform.determinant)
-    keep = (polygons.pixels >= options.min_area_px) & (polygons.pixels * pixel_area >= options.min_area)
-    return polygons.select(keep)
+    return (polygons.pixels >= options.min_area_px) & (polygons.pixels * pixel_area >= options.min_area)
 
 
 def write_prediction(
@@ -147,14 +145,19 @@ def write_prediction(
     """
     os.makedirs(output_dir, exist_ok=True)
     stem = os.path.join(output_dir, name)
-    files = {"mask_tif": f"{stem}_mask.tif", "mask_png": f"{stem}_mask.png", "overlay_png": f"{stem}_overlay.png"}
+    files = {
+        "mask_tif": f"{stem}_mask.tif",
+        "mask_png": f"{stem}_mask.png",
+        "overlay_png": f"{stem}_overlay.png",
+    }
     files[options.vector_format] = f"{stem}.{options.vector_format}"
     if options.save_prob:
         files["prob_tif"] = f"{stem}_prob.tif"
-    with gdal_env(), _Staged(files) as tmp:
-        polygons = _trace(scene, probability, options, tmp.get("prob_tif"), window_size)
-        kept = _keep(polygons, scene, options)
-        preview_mask = _write_mask(scene, kept, tmp["mask_tif"], window_size)
+    with gdal_env(), _Staged({**files, "pieces": f"{stem}_pieces.tif"}, keep=files) as tmp:
+        polygons = _trace(scene, probability, options, tmp, window_size)
+        keep = _keep(polygons, scene, options)
+        preview_mask = _write_mask(scene, keep[polygons.piece_polygon], tmp, window_size)
+        kept = polygons.select(keep)
         _write_png(tmp["mask_png"], preview_mask.astype(np.uint8) * 255)
         _write_png(tmp["overlay_png"], overlay_mask(scene.preview, preview_mask))
         score = float(kept.prob_sums.sum() / kept.pixels.sum()) if len(kept.pixels) else 0.0

@@ -8,6 +8,7 @@ Images are read as ``crobim-predict`` reads them (PNG, JPEG, TIFF and GeoTIFF of
 float bands stretched, the first three colour bands of a multiband raster, nodata and alpha left out); for
 georeferenced outputs, band choice and large scenes use ``crobim-predict``.
 """
+
 import argparse
 import os
 
@@ -24,9 +25,13 @@ from crobim_d2.visualization import overlay_mask
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config-file", required=True, metavar="FILE")
-    parser.add_argument("--input", nargs="+", required=True, metavar="IMAGE", help="image files (PNG, JPEG, TIFF)")
+    parser.add_argument(
+        "--input", nargs="+", required=True, metavar="IMAGE", help="image files (PNG, JPEG, TIFF)"
+    )
     parser.add_argument("--expression", required=True, help="the referring expression, e.g. 'the red car'")
-    parser.add_argument("--output", required=True, metavar="DIR", help="folder for <name>_mask.png and <name>_overlay.png")
+    parser.add_argument(
+        "--output", required=True, metavar="DIR", help="folder for <name>_mask.png and <name>_overlay.png"
+    )
     parser.add_argument("--threshold", type=float, default=0.5, help="foreground probability threshold")
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides KEY VALUE ...")
     return parser
