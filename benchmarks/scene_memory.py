@@ -2,11 +2,11 @@
 
 Writes an N x N 3-band uint8 GeoTIFF per size (window by window, cached under output/benchmarks/scenes/),
 then runs ``crobim-predict`` on it in a fresh process per (size, mode) and reads that process's peak RSS
-(``wait4``'s ``ru_maxrss``); "model only" is the peak of a process that loads the same predictor and segments
-one 64 x 64 image, i.e. what the scene adds on top of the model. Memory is the measurement; wall times are
-reported but mean little on a shared CPU.
+(``wait4``'s ``ru_maxrss``). A 64 x 64 scene comes first: its peak is the model's, and what the larger scenes
+need above it is the scene's. Memory is the measurement; wall times are reported but mean little on a shared
+CPU.
 
-    .venv/bin/python benchmarks/scene_memory.py                        # 5000 and 20000 px, tiny demo model
+    .venv/bin/python benchmarks/scene_memory.py                        # 3000 and 20000 px, tiny demo model
     .venv/bin/python benchmarks/scene_memory.py --sizes 20000 --modes whole --config-file C.yaml --weights W.pth
 
 Without ``--weights`` the demo config (projects/CroBIM/configs/synrrsis/crobim_tiny.yaml) runs with random
@@ -15,6 +15,7 @@ output/benchmarks/scene_memory.json.
 """
 
 import argparse
+import hashlib
 import json
 import os
 import subprocess
@@ -30,14 +31,7 @@ MODES = {
     "tiled": ["--save-prob", "--tile-size", "2048", "--tile-overlap", "256"],
 }
 BLOCK = 512
-
-MODEL_ONLY = """
-import sys
-import numpy as np
-from crobim_d2.geo.cli import build_predictor
-predictor = build_predictor(sys.argv[1], sys.argv[2], sys.argv[3:], "cpu")
-predictor(np.zeros((64, 64, 3), np.uint8), "the storage tanks")
-"""
+BASELINE = 64  # px: the model with (almost) no scene
 
 
 def write_scene(path: str, size: int) -> None:
@@ -85,23 +79,26 @@ def measure(command: list[str]) -> dict:
     return {"wall_s": round(time.perf_counter() - start, 1), "peak_rss_mib": round(usage.ru_maxrss / 1024, 1)}
 
 
-def random_weights(config: str, folder: str) -> str:
-    """A checkpoint of the config's model with random weights (built in a child process)."""
-    path = os.path.join(folder, "random_weights.pth")
+def random_weights(config: str, opts: list[str], folder: str) -> str:
+    """A checkpoint of the config's model with random weights (built in a child process, kept per config)."""
+    key = hashlib.sha1(json.dumps([os.path.abspath(config), opts]).encode()).hexdigest()[:10]
+    path = os.path.join(folder, f"random_{key}.pth")
     if not os.path.isfile(path):
         code = (
-            "import sys, torch\nfrom detectron2.checkpoint import DetectionCheckpointer\n"
+            "import os, sys, torch\nfrom detectron2.checkpoint import DetectionCheckpointer\n"
             "from detectron2.modeling import build_model\nfrom crobim_d2.inference import load_inference_config\n"
-            "torch.manual_seed(0)\nmodel = build_model(load_inference_config(sys.argv[1], weights='', device='cpu'))\n"
-            "DetectionCheckpointer(model, save_dir=sys.argv[2]).save('random_weights')\n"
+            "torch.manual_seed(0)\n"
+            "cfg = load_inference_config(sys.argv[1], sys.argv[3:], weights='', device='cpu')\n"
+            "model = build_model(cfg)\n"
+            "DetectionCheckpointer(model, save_dir=os.path.dirname(sys.argv[2])).save(os.path.basename(sys.argv[2])[:-4])\n"
         )
-        subprocess.run([sys.executable, "-c", code, config, folder], check=True)
+        subprocess.run([sys.executable, "-c", code, config, path, *opts], check=True)
     return path
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[5000, 20000])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[3000, 20000])
     parser.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES))
     parser.add_argument("--config-file", default=DEMO_CONFIG)
     parser.add_argument("--weights", help="checkpoint (default: random weights for the config)")
@@ -112,27 +109,22 @@ def main() -> None:
         "the mask has many polygons to trace)",
     )
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides KEY VALUE ...")
     parser.add_argument("--output", default=os.path.join(REPO, "output", "benchmarks", "scene_memory.json"))
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     folder = os.path.join(os.path.dirname(args.output), "scenes")
     os.makedirs(folder, exist_ok=True)
-    weights = args.weights or random_weights(args.config_file, folder)
+    weights = args.weights or random_weights(args.config_file, args.opts, folder)
     model = ["--config-file", args.config_file, "--weights", weights]
-    opts = ["--opts", "MODEL.DEVICE", "cpu"]
+    opts = ["--opts", "MODEL.DEVICE", "cpu", *args.opts]
 
-    rows = [
-        {
-            "size": 64,
-            "mode": "model only",
-            **measure([sys.executable, "-c", MODEL_ONLY, *model[1::2], *opts[1:]]),
-        }
-    ]
-    for size in args.sizes:
+    rows = []
+    for size in [BASELINE, *args.sizes]:
         scene = os.path.join(folder, f"scene_{size}.tif")
         if not os.path.isfile(scene):
             write_scene(scene, size)
-        for mode in args.modes:
+        for mode in ["whole"] if size == BASELINE else args.modes:
             out = os.path.join(folder, f"out_{size}_{mode}")
             command = [sys.executable, "-m", "crobim_d2.geo.cli", *model, "--input", scene, "--quiet"]
             command += ["--expression", "the red squares", "--output-dir", out, "--threshold", args.threshold]
@@ -150,18 +142,11 @@ def main() -> None:
     print("| scene (px) | mode | peak RSS (MiB) | wall (s) | polygons |")
     print("|---|---|---|---|---|")
     for row in rows:
-        side = "64 x 64 array" if row["mode"] == "model only" else f"{row['size']} x {row['size']}"
-        print(
-            f"| {side} | {row['mode']} | {row['peak_rss_mib']:.0f} | {row['wall_s']:.1f} | {row.get('polygons', '-')} |"
-        )
+        size, mode = f"{row['size']} x {row['size']}", row["mode"]
+        print(f"| {size} | {mode} | {row['peak_rss_mib']:.0f} | {row['wall_s']:.1f} | {row['polygons']} |")
     os.makedirs(os.path.dirname(args.output), exist_ok=True)
-    settings = {
-        "cpu": cpu,
-        "config": args.config_file,
-        "weights": args.weights or "random",
-        "threads": args.threads,
-    }
-    settings["threshold"] = args.threshold
+    settings = {"cpu": cpu, "config": args.config_file, "weights": args.weights or "random"}
+    settings.update(threads=args.threads, threshold=args.threshold, opts=args.opts)
     with open(args.output, "w") as f:
         json.dump({"settings": settings, "results": rows}, f, indent=1)
     print(f"Wrote {args.output}")

@@ -108,6 +108,7 @@ class TiledProbability:
         overlap: int,
         progress: bool = False,
     ):
+        # progress: a bar on a terminal (tqdm's default); False: never
         self.predictor, self.scene, self.expression = predictor, scene, expression
         rows = tile_starts(scene.height, tile_size, overlap)
         cols = tile_starts(scene.width, tile_size, overlap)
@@ -116,7 +117,9 @@ class TiledProbability:
         self._wy = {r: blend_weights(r, th, scene.height, overlap) for r in rows}
         self._wx = {c: blend_weights(c, tw, scene.width, overlap) for c in cols}
         self._probs: dict[int, np.ndarray] = {}
-        self._bar = tqdm(total=len(self.tiles), desc="tiles", unit="tile", disable=not progress, leave=False)
+        self._bar = tqdm(
+            total=len(self.tiles), desc="tiles", unit="tile", disable=None if progress else True, leave=False
+        )
 
     def _tile_prob(self, k: int) -> np.ndarray:
         if k not in self._probs:
