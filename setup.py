@@ -56,5 +56,9 @@ setup(
     python_requires=">=3.10",
     ext_modules=build_extensions(),
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
-    entry_points={"console_scripts": ["crobim-predict=crobim_d2.geo.cli:main"]},
+    entry_points={"console_scripts": [
+        "crobim-predict=crobim_d2.geo.cli:main",
+        "crobim-check-dataset=crobim_d2.data.check:main",
+        "crobim-make-referring=crobim_d2.data.referring.cli:main",
+    ]},
 )

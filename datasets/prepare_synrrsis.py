@@ -3,7 +3,8 @@
 
 Writes ``<root>/synrrsis/{train,val,test}.jsonl`` with ``images/`` and ``masks/`` (JSON Lines format of
 ``crobim_d2.data.register_rrsis_dataset``). The same arguments always give byte-identical files.
-The ``synrrsis_*`` dataset names generate the default dataset by themselves on first use.
+The ``synrrsis_*`` dataset names generate the default dataset by themselves on first use only under the
+default root ``./datasets`` (or with ``CROBIM_GENERATE_SYNRRSIS=1``); elsewhere, run this script.
 """
 import argparse
 import os
@@ -26,9 +27,11 @@ def main() -> None:
     args = parser.parse_args()
     params = SynRRSISParams(image_size=args.image_size, num_train=args.num_train, num_val=args.num_val,
                             num_test=args.num_test, seed=args.seed)
-    info = generate_synrrsis(os.path.expanduser(args.root), params)
-    print(f"synrrsis v{info['version']} in {os.path.join(args.root, 'synrrsis')}: "
-          f"{info['expressions']} expressions, {info['seconds']} s")
+    root = os.path.expanduser(args.root)
+    out = os.path.abspath(os.path.join(root, "synrrsis"))
+    print(f"Writing synrrsis to {out}", flush=True)
+    info = generate_synrrsis(root, params)
+    print(f"synrrsis v{info['version']} in {out}: {info['expressions']} expressions, {info['seconds']} s")
 
 
 if __name__ == "__main__":

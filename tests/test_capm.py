@@ -3,7 +3,6 @@
 import pytest
 import torch
 from detectron2.config import get_cfg
-from detectron2.layers import ShapeSpec
 
 from crobim_d2 import add_crobim_config
 from crobim_d2.modeling.capm import ContextAwarePromptModulation, pool_context
@@ -48,15 +47,40 @@ def test_output_depends_on_each_pooled_scale_only():
     assert not torch.allclose(capm(changed), out, atol=1e-4)
 
 
-def test_pool_types_differ_where_they_should():
-    x = torch.arange(49.0).view(1, 1, 7, 7)
-    assert torch.allclose(pool_context(x, 1, "adaptive_avg"), x.mean().view(1, 1, 1, 1))
-    assert torch.allclose(pool_context(x, 1, "avg"), x.mean().view(1, 1, 1, 1))  # s = 1: global average
-    assert pool_context(x, 1, "max").item() == 48.0
-    adaptive, fixed = pool_context(x, 2, "adaptive_avg"), pool_context(x, 2, "avg")
-    assert adaptive.shape == fixed.shape == (1, 1, 2, 2)
-    assert fixed[0, 0, 0, 0].item() == x[0, 0, :3, :3].mean().item()  # fixed 3x3 windows, remainder dropped
-    assert not torch.allclose(adaptive, fixed)  # adaptive windows overlap to cover all 7 rows
+def test_pool_types_differ_at_the_papers_s1():
+    """Table V(b) at s = 1: adaptive average = one global mean per scale (4 tokens); fixed-kernel average /
+    max pooling with the kernel that pools V_4 to 1x1 = 8x8, 4x4, 2x2, 1x1 cells (85 tokens)."""
+    feats = features(n=1)
+    coarsest = (4, 4)
+    x = feats[0]  # 32x32 -> 8x8 windows of 4x4
+    assert torch.allclose(pool_context(x, 1, "adaptive_avg", coarsest), x.mean((2, 3), keepdim=True))
+    windows = x.view(1, 8, 8, 4, 8, 4)
+    assert torch.allclose(pool_context(x, 1, "avg", coarsest), windows.mean((3, 5)))
+    assert torch.equal(pool_context(x, 1, "max", coarsest), windows.amax((3, 5)))
+    assert [pool_context(f, 1, "avg", coarsest).shape[-1] for f in feats] == [8, 4, 2, 1]
+    lengths = []
+    capm = {}
+    for pool_type in ("adaptive_avg", "avg", "max"):
+        torch.manual_seed(0)
+        capm[pool_type] = ContextAwarePromptModulation(
+            in_channels=CHANNELS, text_dim=32, num_heads=4, pool_type=pool_type
+        )
+        hook = capm[pool_type].cross_attn.register_forward_hook(lambda m, a, o: lengths.append(a[1].shape[1]))
+        capm[pool_type](feats)
+        hook.remove()
+    assert lengths == [4, 85, 85]  # V_e tokens
+    outs = {k: m(feats) for k, m in capm.items()}
+    assert not torch.allclose(outs["adaptive_avg"], outs["avg"], atol=1e-4)
+    assert not torch.allclose(outs["adaptive_avg"], outs["max"], atol=1e-4)
+    assert not torch.allclose(outs["avg"], outs["max"], atol=1e-4)
+
+
+def test_fixed_kernel_pooling_needs_a_coarsest_map_of_at_least_s():
+    capm = ContextAwarePromptModulation(
+        in_channels=CHANNELS, text_dim=32, num_heads=4, pool_type="max", pool_size=5
+    )
+    with pytest.raises(ValueError, match="CAPM_POOL_SIZE"):
+        capm(features())
 
 
 def test_bf16_autocast_runs():
@@ -69,15 +93,14 @@ def test_bf16_autocast_runs():
 def test_from_config_maps_feature_names_and_validates():
     cfg = get_cfg()
     add_crobim_config(cfg)
-    shapes = {f"res{i + 2}": ShapeSpec(channels=c, stride=2 ** (i + 2)) for i, c in enumerate(CHANNELS)}
     cfg.MODEL.CROBIM.CAPM_SCALES = ["res5", "res3"]
-    capm = ContextAwarePromptModulation(cfg, shapes, 64)
+    capm = ContextAwarePromptModulation(cfg, CHANNELS, 64)
     assert capm.scales == [1, 3] and len(capm.context_proj) == 2
     assert capm.prompts.shape == (cfg.MODEL.CROBIM.NUM_PROMPTS, 64)
     cfg.MODEL.CROBIM.CAPM_SCALES = ["res6"]
     with pytest.raises(ValueError, match="CAPM_SCALES"):
-        ContextAwarePromptModulation(cfg, shapes, 64)
+        ContextAwarePromptModulation(cfg, CHANNELS, 64)
     cfg.MODEL.CROBIM.CAPM_SCALES = ["res2"]
     cfg.MODEL.CROBIM.CAPM_POOL_TYPE = "median"
     with pytest.raises(ValueError, match="CAPM_POOL_TYPE.*adaptive_avg"):
-        ContextAwarePromptModulation(cfg, shapes, 64)
+        ContextAwarePromptModulation(cfg, CHANNELS, 64)

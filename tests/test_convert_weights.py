@@ -1,4 +1,5 @@
-"""The checkpoint converters map official Swin / ConvNeXt key layouts onto D2SwinTransformer / D2ConvNeXt."""
+"""The checkpoint converters map official Swin / ConvNeXt and SMLFR key layouts onto D2SwinTransformer /
+D2ConvNeXt."""
 import importlib.util
 import os
 
@@ -118,20 +119,23 @@ def test_convert_swin(tmp_path):
     assert backbone(torch.zeros(1, 3, 224, 224))["res5"].shape == (1, 128, 7, 7)
 
 
-def test_convert_convnext(tmp_path):
-    official = fabricate_official_convnext()
-    torch.save({"model": official}, tmp_path / "convnext.pth")
+def convert_tiny_convnext(tool: str, saved: dict, unused: list[str], tmp_path) -> dict:
+    """Run ``tool`` on ``saved`` for a tiny D2ConvNeXt; check its report and the loaded keys; the state dict."""
+    torch.save(saved, tmp_path / "in.pth")
     opts = ["MODEL.CONVNEXT.DEPTHS", "[1, 1, 2, 1]", "MODEL.CONVNEXT.DIMS", "[8, 16, 32, 64]"]
-    report = _tool("convert_convnext").main(
-        [str(tmp_path / "convnext.pth"), str(tmp_path / "out.pth"), "--opts", *opts]
-    )
-    assert report["unused"] == ["head.fc.bias", "head.fc.weight", "head.norm.bias", "head.norm.weight"]
+    report = _tool(tool).main([str(tmp_path / "in.pth"), str(tmp_path / "out.pth"), "--opts", *opts])
+    assert report["unused"] == unused
     assert report["missing"] == [f"norm{i}.{p}" for i in range(4) for p in ("bias", "weight")]
-
     backbone = D2ConvNeXt(depths=(1, 1, 2, 1), dims=(8, 16, 32, 64))
     result = _load(backbone, tmp_path / "out.pth")
     assert sorted(result.missing_keys) == report["missing"] and not result.unexpected_keys
-    sd = backbone.state_dict()
+    return backbone.state_dict()
+
+
+def test_convert_convnext(tmp_path):
+    official = fabricate_official_convnext()
+    unused = ["head.fc.bias", "head.fc.weight", "head.norm.bias", "head.norm.weight"]
+    sd = convert_tiny_convnext("convert_convnext", {"model": official}, unused, tmp_path)
     assert torch.equal(sd["convnext.stem.0.weight"], official["downsample_layers.0.0.weight"])
     assert torch.equal(sd["convnext.stages.2.downsample.1.weight"], official["downsample_layers.2.1.weight"])
     assert torch.equal(sd["convnext.stages.2.blocks.1.conv_dw.weight"], official["stages.2.1.dwconv.weight"])
@@ -157,3 +161,42 @@ def test_convert_swin_shape_mismatch_names_the_key(tmp_path):
 def test_convert_missing_input(tmp_path):
     with pytest.raises(FileNotFoundError, match="official"):
         _tool("convert_swin").main([str(tmp_path / "nope.pth"), str(tmp_path / "o.pth")])
+
+
+def fabricate_smlfr_pretraining(encoder: dict) -> dict:
+    """SMLFR's checkpoint with the decoder (PCFM, after SparK): the encoder under sparse_encoder.sp_cnn., the
+    densify layers, mask tokens, light decoder and unused buffers beside it, all under "module"."""
+    module = {f"sparse_encoder.sp_cnn.{k}": v for k, v in encoder.items()}
+    for i, c in enumerate((64, 32, 16, 8)):
+        module.update({
+            f"densify_norms.{i}.weight": _rand(c), f"densify_norms.{i}.bias": _rand(c),
+            f"densify_projs.{i}.weight": _rand(16, c, 3, 3), f"densify_projs.{i}.bias": _rand(16),
+            f"mask_tokens.{i}": _rand(1, c, 1, 1),
+            f"dense_decoder.dec.{i}.up_sample.weight": _rand(16, 16, 4, 4),
+            f"dense_decoder.dec.{i}.up_sample.bias": _rand(16),
+            f"dense_decoder.dec.{i}.conv.0.weight": _rand(16, 16, 3, 3),
+        })
+    module.update({"dense_decoder.proj.weight": _rand(3, 16, 1, 1), "dense_decoder.proj.bias": _rand(3),
+                   "imn_m": _rand(1, 3, 1, 1), "imn_s": _rand(1, 3, 1, 1), "norm_black": torch.zeros(1, 3, 8, 8),
+                   "config": {"mask_ratio": 0.6, "densify_norm_str": "ln"}})
+    return {"args": "...", "arch": "convnext_base", "epoch": 799, "module": module, "is_pretrain": True}
+
+
+@pytest.mark.parametrize("layout", ["encoder", "with_decoder"])
+def test_convert_smlfr(tmp_path, layout):
+    """SMLFR's encoder: official ConvNeXt names without the final norm and head, saved alone or with the
+    pre-training decoder (HIT-SIRS/SMLFR Pretrain/main.py, encoder.py, pcfm.py)."""
+    encoder = {k: v for k, v in fabricate_official_convnext().items() if not k.startswith(("norm.", "head."))}
+    saved = encoder if layout == "encoder" else fabricate_smlfr_pretraining(encoder)
+    pretraining = [] if layout == "encoder" else sorted(k for k in saved["module"] if not k.startswith("sparse_"))
+    sd = convert_tiny_convnext("convert_smlfr", saved, pretraining, tmp_path)
+    assert torch.equal(sd["convnext.stem.1.weight"], encoder["downsample_layers.0.1.weight"])
+    assert torch.equal(sd["convnext.stages.3.downsample.1.weight"], encoder["downsample_layers.3.1.weight"])
+    assert torch.equal(sd["convnext.stages.2.blocks.1.mlp.fc1.weight"], encoder["stages.2.1.pwconv1.weight"])
+    assert torch.equal(sd["convnext.stages.0.blocks.0.gamma"], encoder["stages.0.0.gamma"])
+
+
+def test_convert_smlfr_rejects_other_checkpoints(tmp_path):
+    torch.save({"model": fabricate_official_swin()}, tmp_path / "swin.pth")
+    with pytest.raises(ValueError, match="Not an SMLFR ConvNeXt checkpoint.*convert_convnext.py"):
+        _tool("convert_smlfr").main([str(tmp_path / "swin.pth"), str(tmp_path / "o.pth")])

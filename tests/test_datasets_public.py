@@ -75,6 +75,31 @@ def test_rrsisd_records_and_masks(rrsisd_root, caplog):
     assert [r["sentence"] for r in test] == ["the bottom plane", "bottom vehicle"]
     assert "skipped 1 expression(s) with an empty expression" in caplog.text
     assert (load_gt_mask(test[0]) == (m1 | m2)).all() and (load_gt_mask(test[1]) == m2).all()
+    assert test[1]["origin"] == f"{root / 'rrsisd' / 'refs(unc).p'}: ref_id 4, sent_id 400"
+
+
+@pytest.mark.parametrize("polygon, skipped", [
+    ([[1, 1, 5, 1, 5]], "has 5 coordinates, an odd number"),
+    ([[20, 20, 30, 20, 30, 30]], "lies wholly outside the 8x10 image"),
+    ([[-4, 1, 5, 1, 5, 5, -4, 5]], None),
+])
+def test_rrsisd_polygons_are_checked(rrsisd_root, caplog, polygon, skipped):
+    root, _, _ = rrsisd_root
+    instances = json.loads((root / "rrsisd" / "instances.json").read_text())
+    instances["annotations"][0]["segmentation"] = polygon  # ann 11: the train ref's two sentences
+    (root / "rrsisd" / "instances.json").write_text(json.dumps(instances))
+    with caplog.at_level(logging.WARNING):
+        if skipped:
+            with pytest.raises(ValueError, match="rrsisd_train: no usable expression"):
+                load_rrsisd(str(root), "train")
+            assert "with an invalid polygon mask" in caplog.text
+            assert f"ann_id 11: the polygon {skipped}" in caplog.text
+        else:
+            (record, _) = load_rrsisd(str(root), "train")
+            assert "1 polygon mask(s) extend beyond their image and are clipped to it, e.g. ann_id [11]" \
+                in caplog.text
+            mask = load_gt_mask(record)
+            assert mask[1:5, 0:5].all() and mask.sum() == 20
 
 
 def test_rrsisd_missing_files(rrsisd_root, tmp_path, caplog):
@@ -133,6 +158,7 @@ def test_refsegrs(tmp_path, caplog):
     assert records[1]["file_name"].endswith("refsegrs/images/1.tif") and records[1]["height"] == 6
     for r in records:
         assert (load_gt_mask(r) == (masks[r["image_id"]] > 50)).all()
+    assert records[1]["origin"] == f"{folder / 'output_phrase_train.txt'}:2"
     assert "empty expression" in caplog.text and "7.tif" in caplog.text
     with pytest.raises(FileNotFoundError, match=r"refsegrs phrase list not found at .*output_phrase_val.txt"):
         load_refsegrs(str(tmp_path), "val")
@@ -163,11 +189,12 @@ def _reregister(root):
     builtin.register_all_synrrsis(root)
 
 
-def test_builtin_names_are_registered_lazily(tmp_path):
+def test_builtin_names_are_registered_lazily(tmp_path, monkeypatch):
     from detectron2.data import DatasetCatalog, MetadataCatalog
 
     from crobim_d2.data.datasets import builtin
 
+    monkeypatch.delenv("CROBIM_GENERATE_SYNRRSIS", raising=False)
     root = tmp_path / "absent"
     try:
         _reregister(str(root))
@@ -177,5 +204,9 @@ def test_builtin_names_are_registered_lazily(tmp_path):
         assert not root.exists()  # registering reads nothing
         with pytest.raises(FileNotFoundError, match=f"{root}/refsegrs/output_phrase_val.txt"):
             DatasetCatalog.get("refsegrs_val")
+        # a root other than the default ./datasets (a mistyped DETECTRON2_DATASETS): an error, nothing written
+        with pytest.raises(FileNotFoundError, match=f"synrrsis not found at {root}/synrrsis"):
+            DatasetCatalog.get("synrrsis_val")
+        assert not root.exists()
     finally:
         _reregister(builtin._root)

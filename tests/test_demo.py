@@ -8,9 +8,12 @@ import pytest
 import torch
 from _tiny_train_config import CONFIG, TINY_OPTS, tiny_cfg
 from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from PIL import Image
 
+from crobim_d2 import RRSISPredictor, add_crobim_config
+from crobim_d2.data import read_image_rgb
 from crobim_d2.data.synrrsis import SynRRSISParams, generate_scene, generate_synrrsis
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "projects", "CroBIM"))
@@ -108,3 +111,12 @@ def test_demo_job_writes_metrics_and_picture(tmp_path):
     assert saved["wall_time_s"]["train_and_eval"] > 0
     grid = np.asarray(Image.open(out / "predictions.png"))
     assert grid.ndim == 3 and grid.shape[1] == 3 * 64 + 2 * 6 and grid.shape[0] > 3 * 64
+    assert saved["cpu"] and saved["inference_precision"] in ("float32", "bfloat16")
+    # The trained model and its config load as they are, e.g. for crobim-predict.
+    cfg = get_cfg()
+    add_crobim_config(cfg)
+    cfg.merge_from_file(str(out / "config.yaml"))
+    cfg.MODEL.WEIGHTS = str(out / "model_final.pth")
+    record = DatasetCatalog.get("demo_tiny_test")[0]
+    prob = RRSISPredictor(cfg)(read_image_rgb(record["file_name"]), record["sentence"])
+    assert prob.shape == (64, 64) and 0 <= prob.min() <= prob.max() <= 1

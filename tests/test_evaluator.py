@@ -58,6 +58,20 @@ def test_hand_computed_metrics(tmp_path):
     assert json.loads((tmp_path / "rrsis_hand.json").read_text())[3]["IoU"] == 1.0
 
 
+def test_metrics_per_value_of_a_record_field():
+    ev = RRSISEvaluator("hand", distributed=False, group_by=("category", "template"))
+    ev.reset()
+    for k, (inp, out) in enumerate(_hand_samples()):
+        if k != 1:  # a record without the field is left out of its groups
+            inp["template"] = "relative" if k == 0 else "color"
+        ev.process([inp], [out])
+    res = ev.evaluate()["rrsis"]
+    assert res["mIoU-template:relative"] == pytest.approx(100 / 3) and res["n-template:relative"] == 1
+    assert res["mIoU-template:color"] == pytest.approx(50.0) and res["n-template:color"] == 2
+    assert res["Pr@0.5-template:color"] == pytest.approx(50.0) and res["Pr@0.5-template:relative"] == 0
+    assert res["mIoU-tank"] == pytest.approx(100 / 6)  # category keeps its short key
+
+
 def test_eval_size_from_config_and_shape_check():
     cfg = get_cfg()
     add_crobim_config(cfg)

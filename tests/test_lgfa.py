@@ -2,11 +2,16 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 from detectron2.config import get_cfg
-from detectron2.layers import ShapeSpec
 
 from crobim_d2 import add_crobim_config
-from crobim_d2.modeling.lgfa import LanguageGuidedFeatureAggregation, attention_deficit_map, self_attention
+from crobim_d2.modeling.lgfa import (
+    ChannelCompensation,
+    LanguageGuidedFeatureAggregation,
+    SequenceCompensation,
+    attention_deficit_map,
+)
 
 CHANNELS = [8, 16, 32, 64]
 
@@ -25,9 +30,10 @@ def build(**kwargs) -> LanguageGuidedFeatureAggregation:
     return LanguageGuidedFeatureAggregation(**{**args, **kwargs})
 
 
+@pytest.mark.parametrize("fusion", ["sequence", "channel"])
 @pytest.mark.parametrize("adc_stages", [[], [3], [2, 3], [1, 2, 3], [0, 1, 2, 3]])
-def test_every_adc_ablation_keeps_shapes_and_trains_every_parameter(adc_stages):
-    lgfa = build(adc_stages=adc_stages)
+def test_every_adc_ablation_keeps_shapes_and_trains_every_parameter(adc_stages, fusion):
+    lgfa = build(adc_stages=adc_stages, adc_fusion=fusion)
     assert (lgfa.adc is None) == (not adc_stages)
     feats, lang, mask = inputs()
     out = lgfa(feats, lang, mask)
@@ -36,10 +42,11 @@ def test_every_adc_ablation_keeps_shapes_and_trains_every_parameter(adc_stages):
     assert [n for n, p in lgfa.named_parameters() if p.grad is None] == []
 
 
-def test_adc_changes_exactly_topk_regions_of_the_compensated_stages():
+@pytest.mark.parametrize("fusion", ["sequence", "channel"])
+def test_adc_changes_exactly_topk_regions_of_the_compensated_stages(fusion):
     feats, lang, mask = inputs(n=1)
     without = build(adc_stages=[])(feats, lang, mask)
-    lgfa = build(adc_stages=[0, 3], topk=3)
+    lgfa = build(adc_stages=[0, 3], topk=3, adc_fusion=fusion)
     with_adc = lgfa(feats, lang, mask)
     assert torch.equal(with_adc[1], without[1]) and torch.equal(with_adc[2], without[2])
     changed4 = (with_adc[3] != without[3]).any(1)[0]  # (4, 4) stage-4 grid
@@ -71,15 +78,17 @@ def test_attention_deficit_map_sums_differences_of_adjacent_stages():
     assert torch.equal(deficit, expected)
 
 
-def test_sizes_that_are_not_multiples_of_stage_four():
-    lgfa = build()
+@pytest.mark.parametrize("fusion", ["sequence", "channel"])
+def test_sizes_that_are_not_multiples_of_stage_four(fusion):
+    lgfa = build(adc_fusion=fusion)
     feats, lang, mask = inputs(n=1, sizes=(33, 17, 9, 5))
     out = lgfa(feats, lang, mask)
     assert [o.shape for o in out] == [f.shape for f in feats]
 
 
-def test_bf16_autocast_runs():
-    lgfa = build()
+@pytest.mark.parametrize("fusion", ["sequence", "channel"])
+def test_bf16_autocast_runs(fusion):
+    lgfa = build(adc_fusion=fusion)
     feats, lang, mask = inputs()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = lgfa(feats, lang, mask)
@@ -90,17 +99,29 @@ def test_bf16_autocast_runs():
 def test_from_config_maps_stage_names_and_validates():
     cfg = get_cfg()
     add_crobim_config(cfg)
-    shapes = {f"res{i + 2}": ShapeSpec(channels=c, stride=2 ** (i + 2)) for i, c in enumerate(CHANNELS)}
     cfg.MODEL.CROBIM.LGFA_NUM_HEADS = 4
     cfg.MODEL.CROBIM.HIDDEN_DIM = 32
     cfg.MODEL.CROBIM.ADC_STAGES = ["res5", "res4"]
-    lgfa = LanguageGuidedFeatureAggregation(cfg, shapes, 24)
+    lgfa = LanguageGuidedFeatureAggregation(cfg, CHANNELS, 24)
+    assert isinstance(lgfa.adc, SequenceCompensation)
     assert lgfa.adc.stages == [2, 3] and lgfa.adc.topk == cfg.MODEL.CROBIM.ADC_TOPK
+    cfg.MODEL.CROBIM.ADC_FUSION = "channel"
+    lgfa = LanguageGuidedFeatureAggregation(cfg, CHANNELS, 24)
+    assert isinstance(lgfa.adc, ChannelCompensation)
+    assert lgfa.adc.grid_size == cfg.MODEL.CROBIM.ADC_GRID_SIZE == 8
+    cfg.MODEL.CROBIM.ADC_GRID_SIZE = 0
+    with pytest.raises(ValueError, match="ADC_GRID_SIZE"):
+        LanguageGuidedFeatureAggregation(cfg, CHANNELS, 24)
+    cfg.MODEL.CROBIM.ADC_GRID_SIZE = 8
+    cfg.MODEL.CROBIM.ADC_FUSION = "tokens"
+    with pytest.raises(ValueError, match="ADC_FUSION.*sequence"):
+        LanguageGuidedFeatureAggregation(cfg, CHANNELS, 24)
+    cfg.MODEL.CROBIM.ADC_FUSION = "sequence"
     cfg.MODEL.CROBIM.ADC_STAGES = []
-    assert LanguageGuidedFeatureAggregation(cfg, shapes, 24).adc is None
+    assert LanguageGuidedFeatureAggregation(cfg, CHANNELS, 24).adc is None
     cfg.MODEL.CROBIM.ADC_STAGES = ["p3"]
     with pytest.raises(ValueError, match="ADC_STAGES"):
-        LanguageGuidedFeatureAggregation(cfg, shapes, 24)
+        LanguageGuidedFeatureAggregation(cfg, CHANNELS, 24)
 
 
 def test_folded_fusion_equals_the_equations_as_written():
@@ -121,9 +142,88 @@ def test_folded_fusion_equals_the_equations_as_written():
     assert torch.allclose(attn_map, probs.mean(1).transpose(1, 2).reshape(n, -1, h, w), atol=1e-6)
 
 
-def test_adc_self_attention_equals_multihead_attention():
+@pytest.mark.parametrize("fusion", ["sequence", "channel"])
+def test_every_stage_takes_part_in_the_attention_when_one_is_written_back(fusion):
+    """Table VI: ADC_STAGES = [res5] refines V_4's regions from all four stages (not from V_4 alone)."""
     torch.manual_seed(0)
-    attn = torch.nn.MultiheadAttention(32, 4, batch_first=True).eval()
-    x = torch.randn(3, 21, 32)
-    want = attn(x, x, x, need_weights=False)[0]
-    torch.testing.assert_close(self_attention(attn, x), want, rtol=1e-5, atol=1e-6)
+    cls = SequenceCompensation if fusion == "sequence" else ChannelCompensation
+    extra = {} if fusion == "sequence" else {"grid_size": 4}
+    adc = cls(CHANNELS, [3], 3, 16, 4, **extra)
+    assert len(adc.proj_in) == 4 and len(adc.proj_out) == 1
+    feats, _, _ = inputs()
+    deficit = torch.rand(2, 4, 4)
+    out = adc(feats, deficit)
+    assert all(torch.equal(o, f) for o, f in zip(out[:3], feats[:3]))
+    changed = list(feats)
+    changed[0] = torch.randn_like(feats[0])
+    assert not torch.allclose(adc(changed, deficit)[3], out[3], atol=1e-5)
+
+
+def resample_plain(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """One patch (C, h, w) -> (C, *size): bilinear when both sides grow, area average when both shrink."""
+    h, w = x.shape[-2:]
+    if size[0] >= h and size[1] >= w:
+        return F.interpolate(x[None], size=size, mode="bilinear", align_corners=False)[0]
+    assert size[0] <= h and size[1] <= w
+    return F.adaptive_avg_pool2d(x[None], size)[0]
+
+
+def attention_plain(attn, x: torch.Tensor) -> torch.Tensor:
+    """Multi-head self-attention of one sequence x (L, D) with ``attn``'s projections."""
+    m = attn.num_heads
+    length, d = x.shape
+    q, k, v = (p(x).view(length, m, -1).transpose(0, 1) for p in (attn.q, attn.k, attn.v))
+    weights = (q @ k.transpose(1, 2) / (d // m) ** 0.5).softmax(-1)
+    return F.linear((weights @ v).transpose(0, 1).reshape(length, d), attn.out.weight, attn.out.bias)
+
+
+def channel_adc_plain(adc: ChannelCompensation, features: list, deficit: torch.Tensor) -> list:
+    """Eq. 10-13 as written, one image and one region at a time."""
+    n, h4, w4 = deficit.shape
+    g, dim = adc.grid_size, adc.dim
+    out = [f.clone() for f in features]
+    for b in range(n):
+        grids = []
+        for v in features:
+            rh, rw = max(1, round(v.shape[2] / h4)), max(1, round(v.shape[3] / w4))
+            vb = v[b]
+            if vb.shape[1:] != (rh * h4, rw * w4):  # I of a stage that is not a multiple of the stage-4 grid
+                vb = F.interpolate(vb[None], size=(rh * h4, rw * w4), mode="bilinear", align_corners=False)[0]
+            grids.append((vb, rh, rw))
+        changes = {i: torch.zeros_like(grids[i][0]) for i in adc.stages}
+        for r in deficit[b].flatten().topk(min(adc.topk, h4 * w4)).indices.tolist():
+            y, x = divmod(r, w4)
+            patches, columns = [], []
+            for (vb, rh, rw), proj in zip(grids, adc.proj_in):
+                patch = vb[:, y * rh:(y + 1) * rh, x * rw:(x + 1) * rw]
+                patches.append(patch)
+                tokens = resample_plain(patch, (g, g)).reshape(patch.shape[0], g * g).t()  # I
+                columns.append(F.linear(tokens, proj.weight, proj.bias))  # Proj->
+            cat = torch.cat(columns, dim=1)  # Concat over channels
+            normed = F.layer_norm(cat, (cat.shape[1],), adc.norm.weight, adc.norm.bias)
+            refined = cat + attention_plain(adc.attn, normed)  # Eq. 12
+            for j, i in enumerate(adc.stages):
+                _, rh, rw = grids[i]
+                part = refined[:, i * dim:(i + 1) * dim]  # Split
+                new = F.linear(part, adc.proj_out[j].weight, adc.proj_out[j].bias)  # Proj<-
+                new = resample_plain(new.t().reshape(-1, g, g), (rh, rw))  # I'
+                changes[i][:, y * rh:(y + 1) * rh, x * rw:(x + 1) * rw] = new - patches[i]
+        for i, change in changes.items():
+            if change.shape[1:] != features[i].shape[2:]:  # back to the stage's own size
+                size = features[i].shape[2:]
+                change = F.interpolate(change[None], size=size, mode="bilinear", align_corners=False)[0]
+            out[i][b] = features[i][b] + change
+    return out
+
+
+@pytest.mark.parametrize("sizes", [(32, 16, 8, 4), (33, 17, 9, 5)], ids=["multiples", "not-multiples"])
+@pytest.mark.parametrize("grid_size", [8, 3])
+@pytest.mark.parametrize("stages", [[0, 1, 2, 3], [1, 3]])
+def test_channel_adc_equals_a_per_region_reference(sizes, grid_size, stages):
+    torch.manual_seed(0)
+    adc = ChannelCompensation(CHANNELS, stages, 5, 16, 4, grid_size).double()
+    feats = [torch.randn(2, c, s, s, dtype=torch.double) for c, s in zip(CHANNELS, sizes)]
+    deficit = torch.rand(2, sizes[3], sizes[3], dtype=torch.double)
+    want = channel_adc_plain(adc, feats, deficit)
+    for got, ref in zip(adc(feats, deficit), want):
+        torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-10)

@@ -1,5 +1,7 @@
 """CroBIM meta-architecture on tiny configs: outputs, losses, gradients, checkpoints, ablations, precision."""
 
+import os
+
 import pytest
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
@@ -9,6 +11,8 @@ from detectron2.modeling import build_model
 from crobim_d2 import add_crobim_config
 
 SIZE = 64
+FIXTURE = os.path.join(os.path.dirname(__file__), "data", "crobim_tiny_7dc6103.pth")
+WORDS = "text_encoder.bert.embeddings.word_embeddings.weight"
 
 
 def tiny_cfg(backbone: str = "D2ConvNeXt", **crobim):
@@ -145,6 +149,9 @@ def test_checkpoint_round_trip_is_exact(tmp_path):
         {"CAPM_POOL_TYPE": "max", "CAPM_POOL_SIZE": 2},
         {"ADC_STAGES": []},
         {"ADC_STAGES": ["res4", "res5"]},
+        {"ADC_FUSION": "channel"},
+        {"ADC_FUSION": "channel", "ADC_STAGES": ["res5"], "ADC_GRID_SIZE": 4},
+        {"LGFA_LANGUAGE": "words"},
         {"MID_ATTENTION": "unidirectional"},
         {"MID_ATTENTION": "parallel"},
         {"MSDA_IMPL": "pytorch"},
@@ -184,6 +191,8 @@ def test_bfloat16_inference_agrees_with_float32(convnext_model):
         ("MODEL.CROBIM.IN_FEATURES", ["res3", "res4", "res5"], ValueError),
         ("MODEL.CROBIM.IN_FEATURES", ["res2", "res3", "res4", "res6"], ValueError),
         ("MODEL.CROBIM.LOSS_LAMBDA", 1.5, ValueError),
+        ("MODEL.CROBIM.LGFA_LANGUAGE", "prompts", ValueError),
+        ("MODEL.CROBIM.ADC_FUSION", "spatial", ValueError),
         ("MODEL.TEXT_ENCODER.WEIGHTS", "pretrained/no-such-bert", FileNotFoundError),
     ],
 )
@@ -198,3 +207,55 @@ def test_training_without_gt_mask_explains(convnext_model):
     convnext_model.train()
     with pytest.raises(KeyError, match="RRSISDatasetMapper"):
         convnext_model(make_inputs())
+
+
+@pytest.mark.parametrize("language, length", [("words_and_prompts", 24), ("words", 20)])
+def test_lgfa_language_selects_what_lgfa_reads(language, length):
+    model = build(tiny_cfg(LGFA_LANGUAGE=language)).eval()
+    seen = {}
+    hooks = [
+        model.lgfa.fusions[0].register_forward_hook(lambda m, a, o: seen.update(lgfa=a[1].shape[1])),
+        model.mid.register_forward_hook(lambda m, a, o: seen.update(mid=a[1].shape[1])),
+    ]
+    with torch.no_grad():
+        model(make_inputs())
+    for hook in hooks:
+        hook.remove()
+    assert seen == {"lgfa": length, "mid": 24}  # MID always reads L_v: 20 words + 4 prompts
+
+
+def load_fixture(model, saved: dict) -> dict:
+    """The saved state dict, upcast to float32, with BERT's word embeddings filled in for the saved rows."""
+    state = {k: v.float() if v.is_floating_point() else v for k, v in saved["model"].items()}
+    words = torch.zeros_like(model.state_dict()[WORDS])
+    words[saved["word_ids"]] = saved["word_rows"].float()
+    return {**state, WORDS: words}
+
+
+def test_checkpoint_of_an_earlier_version_loads_and_gives_the_same_outputs(tmp_path):
+    """tests/data/crobim_tiny_7dc6103.pth: a tiny default CroBIM (weights moved off their initialization,
+    stored in float16; BERT's word embeddings only for the tokens used), its inputs and its outputs, all saved
+    by the code at commit 7dc6103, when CAPM and ADC still held nn.MultiheadAttention's parameter layout."""
+    saved = torch.load(FIXTURE, weights_only=True)
+    cfg = get_cfg()
+    add_crobim_config(cfg)
+    cfg.merge_from_list(saved["opts"])
+    cfg.MODEL.CROBIM.INFERENCE_DTYPE = "float32"  # as the outputs were saved
+    state = load_fixture(build(cfg), saved)
+    assert "capm.cross_attn.in_proj_weight" in state and "lgfa.adc.attn.out_proj.weight" in state
+    inputs = saved["inputs"]
+    tokens = torch.stack([x["lang_tokens"] for x in inputs])
+    mask = torch.stack([x["lang_mask"] for x in inputs])
+
+    strict = build(cfg, seed=1).eval()
+    strict.load_state_dict(state, strict=True)  # every old key has a place, every parameter is set
+    torch.save({"model": state}, tmp_path / "old.pth")
+    checkpointed = build(cfg, seed=2).eval()
+    DetectionCheckpointer(checkpointed).load(str(tmp_path / "old.pth"))
+    for model in (strict, checkpointed):
+        with torch.no_grad():
+            logits = model.predict_logits(model.preprocess_images(inputs), tokens, mask)
+            probs = [out["ref_seg"] for out in model(inputs)]
+        torch.testing.assert_close(logits, saved["logits"], rtol=0, atol=1e-4)
+        for got, want in zip(probs, saved["ref_seg"]):
+            torch.testing.assert_close(got, want, rtol=0, atol=1e-5)

@@ -5,10 +5,9 @@ import warnings
 import pytest
 import torch
 from detectron2.config import get_cfg
-from detectron2.layers import ShapeSpec
 
 from crobim_d2 import add_crobim_config
-from crobim_d2.modeling.mid import Attention, MutualInteractionDecoder
+from crobim_d2.modeling.mid import MutualInteractionDecoder
 
 CHANNELS = [8, 16, 32, 64]
 
@@ -99,16 +98,15 @@ def test_bf16_autocast_runs_and_agrees_with_float32():
 def test_from_config_and_validation():
     cfg = get_cfg()
     add_crobim_config(cfg)
-    shapes = {f"res{i + 2}": ShapeSpec(channels=c, stride=2 ** (i + 2)) for i, c in enumerate(CHANNELS)}
     cfg.MODEL.CROBIM.HIDDEN_DIM = 64
     cfg.MODEL.CROBIM.MID_NUM_LAYERS = 1
     cfg.MODEL.CROBIM.MID_ATTENTION = "parallel"
-    mid = MutualInteractionDecoder(cfg, shapes, 24)
+    mid = MutualInteractionDecoder(cfg, CHANNELS, 24)
     assert len(mid.layers) == 1 and mid.layers[0].attention == "parallel"
     assert mid.layers[0].msda.n_points == cfg.MODEL.CROBIM.MID_NUM_POINTS
     cfg.MODEL.CROBIM.MID_ATTENTION = "bidirectional"
     with pytest.raises(ValueError, match="MID_ATTENTION.*cascaded"):
-        MutualInteractionDecoder(cfg, shapes, 24)
+        MutualInteractionDecoder(cfg, CHANNELS, 24)
 
 
 def test_folded_prediction_equals_conv_resample_and_dot_product():
@@ -143,45 +141,6 @@ def test_long_softmax_stays_float32_under_bf16_autocast(monkeypatch):
             torch.randn(1, 3, 32), torch.randn(1, 50, 32), torch.randn(1, 50, 32)
         )  # 50 visual keys
         out = layer.vis_cross(torch.randn(1, 50, 32), torch.randn(1, 3, 32), torch.randn(1, 3, 32))  # 3 words
-    # The long softmax is float32 on every device; the short one too on the CPU only (sdpa.py: PyTorch's
-    # bfloat16 CPU kernel is the slower one), with the result back in bfloat16 for the output projection.
+    # The long softmax is float32 on every device; the short one too on the CPU only (layers/attention.py:
+    # PyTorch's bfloat16 CPU kernel is the slower one), with the result back in bfloat16 for the output projection.
     assert dtypes == [torch.float32, torch.float32] and out.dtype == torch.bfloat16
-
-
-@pytest.mark.parametrize("with_mask", [False, True])
-def test_few_query_attention_equals_projected_attention(with_mask):
-    """lang_cross skips projecting the ~19k keys and values (Attention.few_queries): same result as projecting
-    them, whatever the key bias (it cancels in the softmax)."""
-    torch.manual_seed(0)
-    few = Attention(64, 8, 0.0, few_queries=True).double()
-    full = Attention(64, 8, 0.0).double()
-    with torch.no_grad():
-        for name in ("q", "k", "v", "out"):
-            getattr(full, name).weight.copy_(getattr(few, name).weight)
-        for name in ("q", "v", "out"):
-            getattr(full, name).bias.copy_(getattr(few, name).bias)
-        full.k.bias.normal_()
-    assert few.k.bias is None
-    query = torch.randn(2, 5, 64, dtype=torch.double)
-    key, value = torch.randn(2, 2, 50, 64, dtype=torch.double)
-    mask = torch.rand(2, 50, generator=torch.Generator().manual_seed(1)) > 0.3 if with_mask else None
-    expected = full(query, key, value, mask)
-    assert torch.allclose(few(query, key, value, mask), expected, atol=1e-12)
-
-
-def test_cpu_bfloat16_attention_runs_in_float32():
-    from crobim_d2.modeling.sdpa import scaled_dot_product_attention
-
-    torch.manual_seed(0)
-    q, k, v = (torch.randn(2, 4, n, 16, dtype=torch.bfloat16, requires_grad=True) for n in (30, 7, 7))
-    mask = torch.rand(2, 1, 1, 7) > 0.3
-    mask[..., 0] = True
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    assert out.dtype == torch.bfloat16
-    expected = torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask)
-    assert torch.equal(out, expected.to(torch.bfloat16))  # float32 math, one rounding at the end
-    out.float().sum().backward()
-    assert all(t.grad is not None and t.grad.dtype == torch.bfloat16 for t in (q, k, v))
-    q32 = q.detach().float()
-    assert torch.equal(scaled_dot_product_attention(q32, q32, q32), torch.nn.functional.scaled_dot_product_attention(q32, q32, q32))

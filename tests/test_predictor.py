@@ -84,3 +84,20 @@ def test_predictor_from_config_file(saved, tmp_path):
     assert predictor.cfg.MODEL.WEIGHTS == cfg.MODEL.WEIGHTS and predictor.cfg.is_frozen()
     image = np.zeros((40, 40, 3), np.uint8)
     np.testing.assert_array_equal(predictor(image, "the car"), RRSISPredictor(cfg)(image, "the car"))
+
+
+def test_predictor_warns_on_an_expression_without_a_known_word(saved, caplog, monkeypatch):
+    from crobim_d2.data import tokenization
+
+    monkeypatch.setattr(tokenization._warn_unknown, "count", 0)
+    predictor = RRSISPredictor(saved[0])
+
+    def warnings():
+        return [r.getMessage() for r in caplog.records if r.name == "crobim_d2.data.tokenization"]
+
+    with caplog.at_level("WARNING", logger="crobim_d2.data.tokenization"):
+        predictor(np.zeros((32, 32, 3), np.uint8), "the car")
+        assert not warnings()
+        prob = predictor(np.zeros((32, 32, 3), np.uint8), "🚗🚗")
+    assert prob.shape == (32, 32)
+    assert len(warnings()) == 1 and "'🚗🚗' has no word of the tokenizer's vocabulary" in warnings()[0]

@@ -97,7 +97,7 @@ def test_ensure_generates_once_under_concurrency(tmp_path, monkeypatch):
     write_split = generate_module.write_split
     monkeypatch.setattr(generate_module, "write_split", lambda *a: calls.append(a[1]) or write_split(*a))
     (tmp_path / ".synrrsis.tmp-99999999" / "images").mkdir(parents=True)  # an interrupted run's leftovers
-    threads = [threading.Thread(target=ensure_synrrsis, args=(str(tmp_path), SMALL)) for _ in range(2)]
+    threads = [threading.Thread(target=ensure_synrrsis, args=(str(tmp_path), SMALL, True)) for _ in range(2)]
     for t in threads:
         t.start()
     for t in threads:
@@ -113,13 +113,45 @@ def test_ensure_generates_once_under_concurrency(tmp_path, monkeypatch):
     assert len(calls) == 6
 
 
+def test_ensure_generates_only_at_the_default_root_or_when_asked(tmp_path, monkeypatch, caplog):
+    monkeypatch.delenv(generate_module.GENERATE_ENV, raising=False)
+    mistyped = tmp_path / "mistyped"
+    with pytest.raises(FileNotFoundError, match=rf"synrrsis not found at {mistyped}/synrrsis\. .*"
+                       r"prepare_synrrsis.py --root .*CROBIM_GENERATE_SYNRRSIS=1"):
+        ensure_synrrsis(str(mistyped), SMALL)
+    assert not mistyped.exists()  # nothing written
+    monkeypatch.chdir(tmp_path)  # the default root ./datasets: generated, and the log says where
+    with caplog.at_level("WARNING", logger="crobim_d2.data.synrrsis.generate"):
+        assert ensure_synrrsis("datasets", SMALL) == os.path.join("datasets", "synrrsis")
+    assert f"Generating synrrsis in {tmp_path / 'datasets' / 'synrrsis'}" in caplog.text
+    assert (tmp_path / "datasets" / "synrrsis" / "val.jsonl").is_file()
+    monkeypatch.setenv(generate_module.GENERATE_ENV, "1")  # asked: generated anywhere
+    ensure_synrrsis(str(tmp_path / "asked"), SMALL)
+    assert (tmp_path / "asked" / "synrrsis" / "info.json").is_file()
+    monkeypatch.setenv(generate_module.GENERATE_ENV, "0")  # never, not even at the default root
+    with pytest.raises(FileNotFoundError, match="synrrsis not found"):
+        ensure_synrrsis(str(tmp_path / "other"), SMALL)
+    monkeypatch.setenv(generate_module.GENERATE_ENV, "yes")
+    with pytest.raises(ValueError, match="CROBIM_GENERATE_SYNRRSIS='yes': use 1"):
+        ensure_synrrsis(str(tmp_path / "other"), SMALL)
+
+
+def test_ensure_leaves_a_foreign_synrrsis_folder_alone(tmp_path):
+    (tmp_path / "synrrsis").mkdir()
+    (tmp_path / "synrrsis" / "mine.txt").write_text("user data")
+    with pytest.raises(FileNotFoundError, match="has no synrrsis info.json"):
+        ensure_synrrsis(str(tmp_path), SMALL, generate=True)
+    assert (tmp_path / "synrrsis" / "mine.txt").read_text() == "user data"
+
+
 def test_prepare_script(tmp_path, monkeypatch, capsys):
     script = os.path.join(os.path.dirname(__file__), "..", "datasets", "prepare_synrrsis.py")
     argv = ["prepare_synrrsis.py", "--root", str(tmp_path), "--num-train", "2", "--num-val", "1",
             "--num-test", "1", "--image-size", "128"]
     monkeypatch.setattr(sys, "argv", argv)
     runpy.run_path(script, run_name="__main__")
-    assert f"synrrsis v{SYNRRSIS_VERSION}" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"Writing synrrsis to {tmp_path / 'synrrsis'}" in out and f"synrrsis v{SYNRRSIS_VERSION}" in out
     lines = (tmp_path / "synrrsis" / "train.jsonl").read_text().splitlines()
     assert 4 <= len(lines) <= 6
     assert load_gt_mask(_load_synrrsis(str(tmp_path), "train")[0]).shape == (128, 128)

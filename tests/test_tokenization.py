@@ -1,6 +1,7 @@
 import pytest
 
-from crobim_d2.data.tokenization import build_tokenizer, encode_expression
+from crobim_d2.data import tokenization
+from crobim_d2.data.tokenization import build_tokenizer, encode_expression, inspect_expression
 from crobim_d2.pretrained import OFFLINE_MINILM
 
 
@@ -33,9 +34,7 @@ def test_model_dir_without_vocab_is_refused(tmp_path):
 
 
 def test_truncation_is_reported_with_the_key(caplog, monkeypatch):
-    from crobim_d2.data import tokenization
-
-    monkeypatch.setattr(tokenization, "_truncations", 0)
+    monkeypatch.setattr(tokenization._warn_truncated, "count", 0)
     tok = build_tokenizer("")
     with caplog.at_level("WARNING", logger="crobim_d2.data.tokenization"):
         encode_expression(tok, "the tank", 20)
@@ -44,6 +43,29 @@ def test_truncation_is_reported_with_the_key(caplog, monkeypatch):
         encode_expression(tok, "tank " * 50, 20)
     assert len(caplog.records) == 1
     assert "52 tokens" in caplog.text and "INPUT.MAX_TOKENS=20" in caplog.text
-    for _ in range(tokenization.MAX_TRUNCATION_WARNINGS + 3):
+    for _ in range(tokenization.MAX_WARNINGS + 3):
         encode_expression(tok, "tank " * 50, 20)
-    assert len(caplog.records) == tokenization.MAX_TRUNCATION_WARNINGS
+    assert len(caplog.records) == tokenization.MAX_WARNINGS
+    assert "further truncations are not reported" in caplog.records[-1].getMessage()
+
+
+@pytest.mark.parametrize("expression", ["🚢🚢", "?!...", "储罐", "… —"])
+def test_expression_without_a_known_word_warns(expression, caplog, monkeypatch):
+    monkeypatch.setattr(tokenization._warn_unknown, "count", 0)
+    tok = build_tokenizer("")
+    with caplog.at_level("WARNING", logger="crobim_d2.data.tokenization"):
+        _, mask = encode_expression(tok, expression, 10)
+    assert len(caplog.records) == 1 and "has no word of the tokenizer's vocabulary" in caplog.text
+    assert repr(expression) in caplog.text and "MODEL.TEXT_ENCODER.WEIGHTS" in caplog.text
+    assert mask.sum() >= 3  # still encoded: [CLS], the tokens, [SEP]
+    assert inspect_expression(tok, expression)[1] is False
+
+
+@pytest.mark.parametrize("expression", ["the 🚢", "储罐 tank", "xqzv", "白色的储罐", "3"])
+def test_expression_with_a_known_word_is_quiet(expression, caplog):
+    tok = build_tokenizer("")
+    with caplog.at_level("WARNING", logger="crobim_d2.data.tokenization"):
+        encode_expression(tok, expression, 20)
+    assert not caplog.records
+    n, known = inspect_expression(tok, expression)
+    assert known and n == len(tok(expression)["input_ids"])

@@ -2,6 +2,7 @@
 
 import contextlib
 from collections.abc import Iterator
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -36,8 +37,21 @@ def read_image_rgb(path: str) -> np.ndarray:
         return np.asarray(img.convert("RGB"))
 
 
-def read_image_size(path: str) -> tuple[int, int]:
-    """Return ``(height, width)`` from the file header without decoding the pixels."""
+class ImageHeader(NamedTuple):
+    height: int
+    width: int
+    format: str  # PIL's name of the file format: "PNG", "JPEG", "TIFF", ...
+
+
+def read_image_header(path: str) -> ImageHeader:
+    """Size and file format from the header, without decoding the pixels (a truncated file passes: decode it
+    with ``read_image_rgb`` to know it is readable)."""
     with _open_image(path) as img:
         width, height = img.size
-    return height, width
+        return ImageHeader(height, width, img.format or "")
+
+
+def read_image_size(path: str) -> tuple[int, int]:
+    """Return ``(height, width)`` from the file header without decoding the pixels."""
+    header = read_image_header(path)
+    return header.height, header.width

@@ -6,6 +6,7 @@ import logging
 import math
 import os
 from collections import OrderedDict, defaultdict
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -22,12 +23,16 @@ __all__ = ["RRSISEvaluator", "rrsis_metrics"]
 PR_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
 
 
-def rrsis_metrics(samples: list[dict[str, Any]]) -> "OrderedDict[str, float]":
-    """Metrics in percent from per-expression ``{"I", "U", "IoU", "category"}``.
+def rrsis_metrics(
+    samples: list[dict[str, Any]], group_by: Sequence[str] = ("category",)
+) -> "OrderedDict[str, float]":
+    """Metrics in percent from per-expression ``{"I", "U", "IoU", <group_by fields>}``.
 
     oIoU = sum I / sum U; mIoU = mean IoU; Pr@X = share of expressions with IoU >= X. An expression whose
     union is empty (empty ground truth and empty prediction) has IoU 0, as in LAVT and RMSIN.
     Sums use ``math.fsum`` so the result does not depend on the order samples arrive in.
+    Per value ``v`` of each record field in ``group_by`` (records without it are left out of that group):
+    ``mIoU-<v>`` for ``category``; ``mIoU-<field>:<v>``, ``Pr@0.5-<field>:<v>`` and ``n-<field>:<v>`` for others.
     """
     n = len(samples)
     ious = [s["IoU"] for s in samples]
@@ -37,12 +42,19 @@ def rrsis_metrics(samples: list[dict[str, Any]]) -> "OrderedDict[str, float]":
     res["mIoU"] = 100.0 * math.fsum(ious) / n
     for t in PR_THRESHOLDS:
         res[f"Pr@{t}"] = 100.0 * sum(iou >= t for iou in ious) / n
-    by_cat = defaultdict(list)
-    for s in samples:
-        if s.get("category") is not None:
-            by_cat[s["category"]].append(s["IoU"])
-    for cat in sorted(by_cat, key=str):
-        res[f"mIoU-{cat}"] = 100.0 * math.fsum(by_cat[cat]) / len(by_cat[cat])
+    for field in group_by:
+        groups = defaultdict(list)
+        for s in samples:
+            if s.get(field) is not None:
+                groups[s[field]].append(s["IoU"])
+        for value in sorted(groups, key=str):
+            group = groups[value]
+            if field == "category":
+                res[f"mIoU-{value}"] = 100.0 * math.fsum(group) / len(group)
+                continue
+            res[f"mIoU-{field}:{value}"] = 100.0 * math.fsum(group) / len(group)
+            res[f"Pr@0.5-{field}:{value}"] = 100.0 * sum(iou >= 0.5 for iou in group) / len(group)
+            res[f"n-{field}:{value}"] = float(len(group))
     return res
 
 
@@ -51,8 +63,9 @@ class RRSISEvaluator(DatasetEvaluator):
     against ``load_gt_mask(inputs[i])``.
 
     ``eval_size`` = 0 scores at each image's full resolution; e.g. 480 scores at 480x480 like LAVT/RMSIN
-    (probability resized bilinearly, ground truth with nearest neighbour). Only the scalars I, U, IoU,
-    category and the expression id leave each process.
+    (probability resized bilinearly, ground truth with nearest neighbour). ``group_by``: record fields to
+    report metrics per value of (``TEST.RRSIS_GROUP_BY``). Only the scalars I, U, IoU, the group fields and
+    the expression id leave each process.
     """
 
     @configurable
@@ -63,8 +76,10 @@ class RRSISEvaluator(DatasetEvaluator):
         output_dir: str | None = None,
         *,
         eval_size: int = 0,
+        group_by: Sequence[str] = ("category",),
     ):
         self.dataset_name = dataset_name
+        self.group_by = tuple(group_by)
         self.distributed = distributed
         self.output_dir = output_dir
         self.eval_size = eval_size
@@ -78,6 +93,7 @@ class RRSISEvaluator(DatasetEvaluator):
             "distributed": distributed,
             "output_dir": output_dir,
             "eval_size": cfg.TEST.RRSIS_EVAL_SIZE,
+            "group_by": cfg.TEST.RRSIS_GROUP_BY,
         }
 
     def reset(self) -> None:
@@ -102,17 +118,17 @@ class RRSISEvaluator(DatasetEvaluator):
             pred = prob > 0.5
             inter = int((pred & gt).sum())
             union = int((pred | gt).sum())
-            self._samples.append(
-                {
-                    "id": inp.get("sent_id", inp.get("file_name")),
-                    "file_name": inp.get("file_name"),
-                    "sentence": inp.get("sentence"),
-                    "category": inp.get("category"),
-                    "I": inter,
-                    "U": union,
-                    "IoU": inter / union if union > 0 else 0.0,
-                }
-            )
+            sample = {
+                "id": inp.get("sent_id", inp.get("file_name")),
+                "file_name": inp.get("file_name"),
+                "sentence": inp.get("sentence"),
+                "category": inp.get("category"),
+                "I": inter,
+                "U": union,
+                "IoU": inter / union if union > 0 else 0.0,
+            }
+            sample.update({field: inp.get(field) for field in self.group_by if field not in sample})
+            self._samples.append(sample)
 
     def evaluate(self) -> dict[str, dict[str, float]] | None:
         samples = self._samples
@@ -124,7 +140,7 @@ class RRSISEvaluator(DatasetEvaluator):
         if not samples:
             self._logger.warning(f"RRSISEvaluator on {self.dataset_name} received no predictions.")
             return {}
-        results = rrsis_metrics(samples)
+        results = rrsis_metrics(samples, self.group_by)
         if self.output_dir:
             self._write(samples)
         return {"rrsis": dict(results)}

@@ -129,12 +129,16 @@ def build_predictor(
     """A :class:`crobim_d2.RRSISPredictor` for the config, checkpoint and overrides, with the process-wide
     settings of an entry point applied (``CPU_MALLOC_REUSE``)."""
     from crobim_d2 import RRSISPredictor
+    from crobim_d2.checkpoint import CheckpointError
     from crobim_d2.engine import apply_cpu_malloc_reuse
     from crobim_d2.inference import load_inference_config
 
     cfg = load_inference_config(config_file, opts, weights=weights, device=device)
     apply_cpu_malloc_reuse(cfg)
-    return RRSISPredictor(cfg)
+    try:
+        return RRSISPredictor(cfg)
+    except CheckpointError as e:
+        raise GeoInputError(f"--weights: {e}") from None
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -145,6 +149,12 @@ def get_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--config-file", required=True, help="CroBIM config YAML the checkpoint was trained with")
     p.add_argument("--weights", required=True, help="trained CroBIM checkpoint (.pth)")
+    p.add_argument(
+        "--allow-partial-weights",
+        action="store_true",
+        help="load a --weights that does not match the config, keeping only the matching parameters "
+        "(the others stay random; by default a mismatch is an error)",
+    )
     p.add_argument(
         "--input",
         nargs="+",
@@ -257,7 +267,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         jobs, options = _prepare(args)
-        predictor = build_predictor(args.config_file, args.weights, args.opts, args.device)
+        partial = ["MODEL.ALLOW_PARTIAL_WEIGHTS", "True"] if args.allow_partial_weights else []
+        predictor = build_predictor(args.config_file, args.weights, [*args.opts, *partial], args.device)
     except (GeoInputError, ConfigError) as e:
         parser.error(str(e))
     records = run_jobs(jobs, predictor, args.output_dir, options, quiet=args.quiet)

@@ -9,7 +9,7 @@ import importlib.util
 from . import ops  # noqa: F401  (torch only)
 
 if importlib.util.find_spec("detectron2") is not None:
-    from .backbone import D2ConvNeXt, D2SwinTransformer  # noqa: F401  (registers the backbones)
+    from .backbone import D2ConvNeXt, D2SwinTransformer, D2TimmBackbone  # noqa: F401  (registers the backbones)
     from .capm import ContextAwarePromptModulation  # noqa: F401
     from .lgfa import LanguageGuidedFeatureAggregation  # noqa: F401
     from .loss import crobim_loss  # noqa: F401

@@ -5,53 +5,42 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from detectron2.config import configurable
-from detectron2.layers import ShapeSpec
 from torch import nn
+
+from .layers import Attention, sine_position_encoding, stage_indices
 
 POOL_TYPES = ("adaptive_avg", "avg", "max")
 
 
-def stage_indices(names: Sequence[str], in_features: Sequence[str], key: str) -> list[int]:
-    """Positions in MODEL.CROBIM.IN_FEATURES of the feature names (e.g. "res2") of config key ``key``."""
-    unknown = [n for n in names if n not in in_features]
-    if unknown:
-        raise ValueError(
-            f"{key} names {unknown}, which are not in MODEL.CROBIM.IN_FEATURES={list(in_features)}."
-        )
-    return sorted(in_features.index(n) for n in names)
-
-
-def pool_context(x: torch.Tensor, size: int, pool_type: str) -> torch.Tensor:
-    """Pool_{s x s} of Eq. 1 for (N, C, H, W) -> (N, C, s, s)."""
+def pool_context(x: torch.Tensor, size: int, pool_type: str, coarsest: tuple[int, int]) -> torch.Tensor:
+    """Pool_{s x s} of Eq. 1 for (N, C, H, W): "adaptive_avg" -> (N, C, s, s); "avg" / "max" -> fixed
+    kernel = stride = the coarsest map's side // s, so finer maps give more cells."""
     if pool_type == "adaptive_avg":
         return F.adaptive_avg_pool2d(x, size)
-    if pool_type == "max":
-        return F.adaptive_max_pool2d(x, size)
-    h, w = x.shape[-2:]
-    if h < size or w < size:
+    kernel = (coarsest[0] // size, coarsest[1] // size)
+    if min(kernel) < 1:
         raise ValueError(
-            f"A {h}x{w} feature map cannot be average-pooled to {size}x{size}; lower CAPM_POOL_SIZE."
+            f"The coarsest feature map is {coarsest[0]}x{coarsest[1]}: it cannot be pooled to {size}x{size}; "
+            "lower MODEL.CROBIM.CAPM_POOL_SIZE."
         )
-    kernel = (h // size, w // size)
-    return F.avg_pool2d(x, kernel, stride=kernel)[..., :size, :size]
+    pool = F.avg_pool2d if pool_type == "avg" else F.max_pool2d
+    return pool(x, kernel, stride=kernel)
 
 
 class ContextAwarePromptModulation(nn.Module):
     """Learnable prompts P (N_p x D_l) that read pooled multi-scale visual context V_e by cross-attention.
 
-    Eq. 1 is ambiguous: "Concat" is called a channel concatenation, but V_e in R^{4 s^2 x C_total} has 4 s^2
-    tokens, and maps with different C_i cannot be stacked as tokens of one width. Reading chosen: every scale
-    is pooled to s x s, each pooled location becomes one token, and each scale has its own linear projection
-    C_i -> D_l (so V_e has |scales| * s^2 tokens of width D_l), plus a learned embedding per token that tells
-    the attention which scale and which pooled cell it comes from. The alternative reading (concatenate the
-    C_i channels per pooled cell, s^2 tokens of C_total) degenerates at the paper's s = 1: a single key makes
-    the softmax constant, so every prompt would receive the same vector and P would have no effect.
+    Eq. 1 reading: each pooled location of each scale becomes one token, projected by its scale's own linear
+    layer C_i -> D_l (maps of different C_i cannot be stacked as tokens of one width); concatenating the C_i
+    channels per cell instead would leave one key at the paper's s = 1 and make the prompts input-independent
+    (projects/CroBIM/README.md). Eq. 2 is multi-head attention with an output projection, no residual.
 
-    Pool types (Table V(b)): "adaptive_avg" (paper) = adaptive average pooling to s x s; "max" = adaptive max
-    pooling; "avg" = plain average pooling with fixed, non-overlapping kernel = stride = floor(H_i / s), which
-    drops the bottom/right remainder rows and columns that adaptive pooling covers with overlapping windows
-    (identical to "adaptive_avg" when H_i, W_i are multiples of s). Eq. 2 uses multi-head attention with an
-    output projection and no residual: P_v = CrossAttn(V_e, P).
+    Pool types (Table V(b)): "adaptive_avg" (paper) pools every scale to s x s, |scales| * s^2 tokens with a
+    learned embedding each. "avg" / "max" are fixed-kernel average / max pooling (kernel = stride = H_4 // s,
+    H_4 the coarsest input map, remainders dropped): V_4 gives s x s cells and a finer V_i about
+    (s H_i / H_4)^2 (at strides 4-32 and s = 1: 64 + 16 + 4 + 1 tokens), so the three rows differ also at
+    s = 1. Their token count follows the input size, so each token gets its scale's learned embedding plus
+    the sine encoding of its cell's position.
     """
 
     @configurable
@@ -87,15 +76,16 @@ class ContextAwarePromptModulation(nn.Module):
         self.prompts = nn.Parameter(torch.empty(num_prompts, text_dim))  # P
         nn.init.trunc_normal_(self.prompts, std=0.02)
         self.context_proj = nn.ModuleList(nn.Linear(in_channels[i], text_dim) for i in self.scales)
-        self.context_embed = nn.Parameter(torch.zeros(len(self.scales) * pool_size**2, text_dim))
+        tokens = len(self.scales) * pool_size**2 if pool_type == "adaptive_avg" else len(self.scales)
+        self.context_embed = nn.Parameter(torch.zeros(tokens, text_dim))  # per token, or per scale
         nn.init.trunc_normal_(self.context_embed, std=0.02)
-        self.cross_attn = nn.MultiheadAttention(text_dim, num_heads, batch_first=True)
+        self.cross_attn = Attention(text_dim, num_heads)
 
     @classmethod
-    def from_config(cls, cfg, input_shape: dict[str, ShapeSpec], text_dim: int) -> dict:
+    def from_config(cls, cfg, in_channels: list[int], text_dim: int) -> dict:
         c = cfg.MODEL.CROBIM
         return {
-            "in_channels": [input_shape[f].channels for f in c.IN_FEATURES],
+            "in_channels": in_channels,
             "text_dim": text_dim,
             "num_prompts": c.NUM_PROMPTS,
             "pool_size": c.CAPM_POOL_SIZE,
@@ -106,10 +96,18 @@ class ContextAwarePromptModulation(nn.Module):
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
         """features: V_1..V_4, each (N, C_i, H_i, W_i) -> context-aware prompts P_v (N, N_p, D_l)."""
-        tokens = [
-            proj(pool_context(features[i], self.pool_size, self.pool_type).flatten(2).transpose(1, 2))
-            for i, proj in zip(self.scales, self.context_proj)
-        ]
-        context = torch.cat(tokens, dim=1) + self.context_embed  # V_e, Eq. 1
+        coarsest = tuple(features[-1].shape[-2:])
+        tokens = []
+        for j, (i, proj) in enumerate(zip(self.scales, self.context_proj)):
+            pooled = pool_context(features[i], self.pool_size, self.pool_type, coarsest)
+            x = proj(pooled.flatten(2).transpose(1, 2))
+            if self.pool_type != "adaptive_avg":
+                h, w = pooled.shape[-2:]
+                embed = sine_position_encoding(h, w, x.shape[-1], x.device) + self.context_embed[j]
+                x = x + embed.to(x.dtype)
+            tokens.append(x)
+        context = torch.cat(tokens, dim=1)  # V_e, Eq. 1
+        if self.pool_type == "adaptive_avg":
+            context = context + self.context_embed
         prompts = self.prompts.expand(context.shape[0], -1, -1)
-        return self.cross_attn(prompts, context, context, need_weights=False)[0]  # P_v, Eq. 2
+        return self.cross_attn(prompts, context, context)  # P_v, Eq. 2

@@ -6,11 +6,11 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from detectron2.config import configurable
-from detectron2.layers import ShapeSpec
 from torch import nn
 
-from .capm import stage_indices
-from .sdpa import scaled_dot_product_attention
+from .layers import Attention, cell_position_encoding, stage_indices
+
+ADC_FUSIONS = ("sequence", "channel")
 
 
 def block_diagonal(x: torch.Tensor) -> torch.Tensor:
@@ -23,11 +23,11 @@ def block_diagonal(x: torch.Tensor) -> torch.Tensor:
 class LanguageGuidedFusion(nn.Module):
     """Cross-modal fusion of one stage (Eq. 3-7): pixels attend to words, a gated map reweights V_i.
 
-    Multi-head attention with the usual 1/sqrt(head dim) scale (the paper writes 1/sqrt(l_m), which would make
-    the temperature depend on the padding length); padded words are masked. omega_iq and the Gate's 1x1 conv
-    are linear, so they are folded into the T per-head word vectors (block-diagonal over heads) instead of
-    being applied to the H*W pixels: S_i = V_i (W_q^T K) and Gate(A V) = GELU(A (V W_g^T) + b_g) give the
-    same result with two (H*W x C) by (C x M*T) products. Scores and softmax run in float32.
+    Multi-head attention with the usual 1/sqrt(head dim) scale (the paper's 1/sqrt(l_m) would tie the
+    temperature to the padding length); padded words are masked. omega_iq and the Gate's 1x1 conv are linear,
+    so they are folded into the T per-head word vectors (block-diagonal over heads) instead of being applied
+    to the H*W pixels: same result, two (H*W x C) by (C x M*T) products. Scores and softmax in float32
+    (precision policy: ``layers/attention.py``).
     """
 
     def __init__(self, channels: int, text_dim: int, num_heads: int):
@@ -71,108 +71,178 @@ def attention_deficit_map(maps: Sequence[torch.Tensor], size: tuple[int, int]) -
     return sum((a - b).abs().sum(1) for a, b in itertools.pairwise(resampled))  # Eq. 9
 
 
-def cell_position_encoding(rh: int, rw: int, dim: int, ref: torch.Tensor) -> torch.Tensor:
-    """Sine encoding (rh*rw, dim) of token centres inside a region cell, in the cell's [0, 1]^2 frame."""
-    ys = (torch.arange(rh, device=ref.device, dtype=torch.float32) + 0.5) / rh
-    xs = (torch.arange(rw, device=ref.device, dtype=torch.float32) + 0.5) / rw
-    yx = torch.stack(torch.meshgrid(ys, xs, indexing="ij"), -1).view(-1, 2)  # (rh*rw, 2)
-    freqs = 2 ** torch.arange(dim // 4, device=ref.device, dtype=torch.float32) * torch.pi
-    angles = (yx[:, :, None] * freqs).flatten(1)  # (rh*rw, dim/2)
-    enc = torch.cat([angles.sin(), angles.cos()], dim=1)
-    return F.pad(enc, (0, dim - enc.shape[1])).to(ref.dtype)
+def resample(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(B, C, h, w) -> (B, C, *size): bilinear along a side that grows, area average along a shrinking one."""
+    h, w = x.shape[-2:]
+    grown = (max(h, size[0]), max(w, size[1]))
+    if grown != (h, w):
+        x = F.interpolate(x, size=grown, mode="bilinear", align_corners=False)
+    if grown != tuple(size):
+        x = F.adaptive_avg_pool2d(x, size)
+    return x
 
 
-def self_attention(attn: nn.MultiheadAttention, x: torch.Tensor) -> torch.Tensor:
-    """``attn(x, x, x)`` for batch-first x (N, L, C), computed with attn's own parameters as one packed
-    projection and F.scaled_dot_product_attention. nn.MultiheadAttention's batch-first path transposes x to
-    (L, N, C) before its projection; at the ADC's (16, 85, 256) that projection ran as a batched matmul on an
-    expanded copy of the weight (85 x 256 x 768): that copy alone took 13 ms of ADC's 24 ms per 480x480 image
-    (Swin-B config, bf16 autocast). The attention itself runs in float32 on the CPU (``sdpa``)."""
-    n, length, c = x.shape
-    m = attn.num_heads
-    qkv = F.linear(x, attn.in_proj_weight, attn.in_proj_bias).view(n, length, 3, m, c // m).permute(2, 0, 3, 1, 4)
-    out = scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], dropout_p=attn.dropout if attn.training else 0.0)
-    return attn.out_proj(out.transpose(1, 2).reshape(n, length, c))
+def stage_on_region_grid(v: torch.Tensor, h4: int, w4: int) -> tuple[torch.Tensor, int, int]:
+    """V_li (N, C, H_i, W_i) on a multiple (r_h H_4, r_w W_4) of the stage-4 grid, resampled when it is not
+    one (I of Eq. 11), and the patch size r_h x r_w of one region there."""
+    rh, rw = max(1, round(v.shape[2] / h4)), max(1, round(v.shape[3] / w4))
+    if v.shape[2:] != (rh * h4, rw * w4):
+        v = F.interpolate(v, size=(rh * h4, rw * w4), mode="bilinear", align_corners=False)
+    return v, rh, rw
+
+
+def gather_regions(v: torch.Tensor, regions: torch.Tensor, rh: int, rw: int) -> torch.Tensor:
+    """Patches V_li^{r_k} (N, K, r_h*r_w, C) of a stage on its region grid; regions (N, K) stage-4 cells."""
+    n, c, h, w = v.shape
+    h4, w4 = h // rh, w // rw
+    cells = v.reshape(n, c, h4, rh, w4, rw).permute(0, 2, 4, 3, 5, 1).reshape(n, h4 * w4, rh * rw, c)
+    return torch.gather(cells, 1, regions[:, :, None, None].expand(-1, -1, rh * rw, c))
+
+
+def add_to_regions(
+    v: torch.Tensor, delta: torch.Tensor, regions: torch.Tensor, h4: int, w4: int, rh: int, rw: int
+) -> torch.Tensor:
+    """V_li + the per-region change delta (N, K, r_h*r_w, C) placed at its regions of the region grid and
+    resampled to V_li's size where the two differ (I' of Eq. 13)."""
+    n, _, _, c = delta.shape
+    index = regions[:, :, None, None].expand(-1, -1, rh * rw, c)
+    full = delta.new_zeros(n, h4 * w4, rh * rw, c).scatter(1, index, delta)
+    full = full.view(n, h4, w4, rh, rw, c).permute(0, 5, 1, 3, 2, 4).reshape(n, c, rh * h4, rw * w4)
+    if full.shape[2:] != v.shape[2:]:
+        full = F.interpolate(full, size=v.shape[2:], mode="bilinear", align_corners=False)
+    return v + full.to(v.dtype)
 
 
 class AttentionDeficitCompensation(nn.Module):
     """Cross-scale self-attention over the K stage-4 regions with the largest attention deficit (Eq. 10-13).
 
-    Reading chosen: a region r_k is one cell of the coarsest (stage-4) grid; at stage i it covers the
-    r_i x r_i patch of V_li above it (r_i = H_i / H_4, e.g. 8, 4, 2, 1). When a stage is not an exact
-    multiple of the stage-4 grid it is first resampled to one (I of Eq. 11) and the update resampled back
-    (I' of Eq. 13). The patches of the compensated stages are projected to a common width C_v (Proj->),
-    concatenated along the sequence with a learned embedding per stage plus a sine encoding of each token's
-    position inside the cell (the same frame for all stages), refined by LN + MSA with a residual (Eq. 12),
-    split per stage, projected back (Proj<-) and written back. The write-back adds the MSA update in the
-    original channel space, V_li^r + Proj<-(MSA(LN(Proj->(V_li^r)))), so compensated regions keep their
-    full-width features instead of passing through the C_v bottleneck. The deficit map always uses all
-    stages (Eq. 9 sums over i = 1..3); ``stages`` (Table VI) selects the stages whose features are
-    compensated. K is clipped to the number of stage-4 cells.
+    A region r_k is one cell of the coarsest (stage-4) grid; at stage i it covers the r_i x r_i patch above
+    it (r_i = H_i / H_4: 8, 4, 2, 1 at strides 4-32; a stage that is not a multiple of the stage-4 grid is
+    resampled to one first and its change resampled back). Every stage takes part in the attention;
+    ``stages`` (Table VI) are the ones written back. K is clipped to the number of stage-4 cells. Subclasses
+    say how the patches are fused (``ADC_FUSION``) in ``refine``.
     """
 
-    def __init__(self, in_channels: list[int], stages: Sequence[int], topk: int, dim: int, num_heads: int):
+    def __init__(self, in_channels: list[int], stages: Sequence[int], topk: int, dim: int):
         super().__init__()
         if topk < 1:
             raise ValueError(f"MODEL.CROBIM.ADC_TOPK must be >= 1, got {topk}.")
-        if dim % num_heads != 0:
-            raise ValueError(
-                f"ADC: width {dim} (MODEL.CROBIM.HIDDEN_DIM) not divisible by {num_heads} heads."
-            )
-        self.stages = list(stages)
+        if not stages or any(not 0 <= i < len(in_channels) for i in stages):
+            raise ValueError(f"ADC stages {list(stages)} must index the {len(in_channels)} input levels.")
+        self.stages = sorted(stages)
         self.topk = topk
-        self.proj_in = nn.ModuleList(nn.Linear(in_channels[i], dim) for i in self.stages)  # Proj->, Eq. 11
+        self.proj_in = nn.ModuleList(nn.Linear(c, dim) for c in in_channels)  # Proj->, Eq. 11
         self.proj_out = nn.ModuleList(nn.Linear(dim, in_channels[i]) for i in self.stages)  # Proj<-, Eq. 13
-        self.stage_embed = nn.Parameter(torch.zeros(len(self.stages), dim))
-        nn.init.trunc_normal_(self.stage_embed, std=0.02)
-        self.norm = nn.LayerNorm(dim)
-        self.attn = nn.MultiheadAttention(dim, num_heads, batch_first=True)
+
+    def refine(self, patches: list[torch.Tensor], grids: list[tuple[int, int]]) -> list[torch.Tensor]:
+        """Patches (N, K, r_h*r_w, C_i) of every stage -> their changes, for ``self.stages`` only."""
+        raise NotImplementedError
 
     def forward(self, features: list[torch.Tensor], deficit: torch.Tensor) -> list[torch.Tensor]:
         """features V_l1..V_l4 (N, C_i, H_i, W_i), deficit M (N, H_4, W_4) -> compensated features."""
-        n, h4, w4 = deficit.shape
-        k = min(self.topk, h4 * w4)
-        regions = deficit.flatten(1).topk(k, dim=1).indices  # {r_k}, Eq. 10
+        h4, w4 = deficit.shape[1:]
+        regions = deficit.flatten(1).topk(min(self.topk, h4 * w4), dim=1).indices  # {r_k}, Eq. 10
         patches, grids = [], []
-        for j, i in enumerate(self.stages):
-            v = features[i]
-            rh, rw = max(1, round(v.shape[2] / h4)), max(1, round(v.shape[3] / w4))
-            if v.shape[2:] != (rh * h4, rw * w4):
-                v = F.interpolate(v, size=(rh * h4, rw * w4), mode="bilinear", align_corners=False)  # I
-            c = v.shape[1]
-            cells = v.reshape(n, c, h4, rh, w4, rw).permute(0, 2, 4, 3, 5, 1).reshape(n, h4 * w4, rh * rw, c)
-            picked = torch.gather(cells, 1, regions[:, :, None, None].expand(-1, -1, rh * rw, c))
-            tokens = self.proj_in[j](picked)  # Proj->, Eq. 11
-            tokens = (
-                tokens
-                + self.stage_embed[j].to(tokens.dtype)
-                + cell_position_encoding(rh, rw, tokens.shape[-1], tokens)
-            )
-            patches.append(tokens)
+        for v in features:
+            v, rh, rw = stage_on_region_grid(v, h4, w4)
+            patches.append(gather_regions(v, regions, rh, rw))
             grids.append((rh, rw))
-        seq = torch.cat(patches, dim=2).flatten(0, 1)  # V_l^{r_k}: (N*K, sum r_i^2, C_v), Eq. 11
-        update = self_attention(self.attn, self.norm(seq))  # MSA(LN(.)), Eq. 12
         out = list(features)
-        for j, (part, (rh, rw)) in enumerate(zip(update.split([p.shape[2] for p in patches], 1), grids)):
-            i = self.stages[j]
-            delta = self.proj_out[j](part).view(n, k, rh * rw, -1)  # Split + Proj<-, Eq. 13
-            c = delta.shape[-1]
-            index = regions[:, :, None, None].expand(-1, -1, rh * rw, c)
-            full = delta.new_zeros(n, h4 * w4, rh * rw, c).scatter(1, index, delta)
-            full = full.view(n, h4, w4, rh, rw, c).permute(0, 5, 1, 3, 2, 4).reshape(n, c, rh * h4, rw * w4)
-            if full.shape[2:] != features[i].shape[2:]:
-                full = F.interpolate(
-                    full, size=features[i].shape[2:], mode="bilinear", align_corners=False
-                )  # I'
-            out[i] = features[i] + full.to(features[i].dtype)  # write back, Eq. 13
+        for i, delta in zip(self.stages, self.refine(patches, grids)):
+            out[i] = add_to_regions(features[i], delta, regions, h4, w4, *grids[i])  # Eq. 13
         return out
+
+
+class SequenceCompensation(AttentionDeficitCompensation):
+    """``ADC_FUSION: "sequence"``: each stage's patch is projected to C_v (Proj->) and the stages are
+    concatenated along the sequence (sum r_i^2 tokens, 85 at strides 4-32), with a learned embedding per
+    stage plus a sine encoding of each token's position inside the cell (the same frame for all stages).
+    LN + MSA run there; the update is split per stage, projected back (Proj<-) and added to the region's
+    features in their own channel space, V_li^r + Proj<-(MSA(LN(Proj->(V_li^r)))), so compensated regions keep
+    their full-width features instead of passing through the C_v bottleneck.
+    """
+
+    def __init__(self, in_channels: list[int], stages: Sequence[int], topk: int, dim: int, num_heads: int):
+        super().__init__(in_channels, stages, topk, dim)
+        if dim % num_heads != 0:
+            raise ValueError(f"ADC: MODEL.CROBIM.HIDDEN_DIM={dim} is not divisible by {num_heads} heads.")
+        self.stage_embed = nn.Parameter(torch.zeros(len(in_channels), dim))
+        nn.init.trunc_normal_(self.stage_embed, std=0.02)
+        self.norm = nn.LayerNorm(dim)
+        self.attn = Attention(dim, num_heads)
+
+    def refine(self, patches: list[torch.Tensor], grids: list[tuple[int, int]]) -> list[torch.Tensor]:
+        n, k = patches[0].shape[:2]
+        tokens = []
+        for proj, embed, patch, (rh, rw) in zip(self.proj_in, self.stage_embed, patches, grids):
+            x = proj(patch)  # Proj->, Eq. 11
+            tokens.append(x + embed.to(x.dtype) + cell_position_encoding(rh, rw, x.shape[-1], x))
+        seq = torch.cat(tokens, dim=2).flatten(0, 1)  # V_l^{r_k}: (N*K, sum r_i^2, C_v), Eq. 11
+        x = self.norm(seq)
+        update = self.attn(x, x, x).split([t.shape[2] for t in tokens], dim=1)  # MSA(LN(.)), Eq. 12
+        changes = []
+        for j, i in enumerate(self.stages):
+            rh, rw = grids[i]
+            changes.append(self.proj_out[j](update[i]).view(n, k, rh * rw, -1))  # Split, Proj<-, Eq. 13
+        return changes
+
+
+class ChannelCompensation(AttentionDeficitCompensation):
+    """``ADC_FUSION: "channel"``, Eq. 11-13 as written: each stage's patch is resampled to one G x G grid
+    (I), projected to C_v (Proj->) and the stages are concatenated along the channels (G^2 tokens of
+    |stages| * C_v); V~ = MSA(LN(V)) + V there (Eq. 12, no position encoding: the paper adds none), split
+    into the stages' channel groups, projected back per stage (Proj<-, the inverse of Proj->) and resampled
+    to the patch (I'). The region's features are replaced by the result.
+    """
+
+    def __init__(
+        self,
+        in_channels: list[int],
+        stages: Sequence[int],
+        topk: int,
+        dim: int,
+        num_heads: int,
+        grid_size: int,
+    ):
+        super().__init__(in_channels, stages, topk, dim)
+        if grid_size < 1:
+            raise ValueError(f"MODEL.CROBIM.ADC_GRID_SIZE must be >= 1, got {grid_size}.")
+        width = len(in_channels) * dim
+        if width % num_heads != 0:
+            raise ValueError(f"ADC: width {width} (stages x HIDDEN_DIM) not divisible by {num_heads} heads.")
+        self.dim = dim
+        self.grid_size = grid_size
+        self.norm = nn.LayerNorm(width)
+        self.attn = Attention(width, num_heads)
+
+    def refine(self, patches: list[torch.Tensor], grids: list[tuple[int, int]]) -> list[torch.Tensor]:
+        n, k = patches[0].shape[:2]
+        g = self.grid_size
+        columns = []
+        for proj, patch, (rh, rw) in zip(self.proj_in, patches, grids):
+            x = patch.reshape(n * k, rh, rw, -1).permute(0, 3, 1, 2)
+            columns.append(proj(resample(x, (g, g)).flatten(2).transpose(1, 2)))  # I, Proj->: (N*K, G^2, C_v)
+        x = torch.cat(columns, dim=2)  # Concat, Eq. 11: (N*K, G^2, |stages| * C_v)
+        y = self.norm(x)
+        x = self.attn(y, y, y) + x  # Eq. 12
+        parts = x.split(self.dim, dim=2)  # Split, Eq. 13
+        changes = []
+        for j, i in enumerate(self.stages):
+            (rh, rw), c = grids[i], patches[i].shape[-1]
+            new = self.proj_out[j](parts[i]).transpose(1, 2).reshape(n * k, c, g, g)  # Proj<-
+            new = resample(new, (rh, rw)).flatten(2).transpose(1, 2).reshape(n, k, rh * rw, c)  # I'
+            changes.append(new - patches[i])
+        return changes
 
 
 class LanguageGuidedFeatureAggregation(nn.Module):
     """Per-stage language-guided fusion (Eq. 3-7) followed by attention deficit compensation (Eq. 8-13).
 
-    ``adc_stages`` lists the stages (0-based positions in the input list) that receive compensation
-    (Table VI); an empty list disables ADC and builds none of its parameters.
+    ``adc_stages`` lists the stages (0-based positions in the input list) whose compensated features are
+    written back (Table VI); an empty list disables ADC and builds none of its parameters. ``adc_fusion``
+    picks how the stages' patches meet: "sequence" (``SequenceCompensation``) or "channel"
+    (``ChannelCompensation``, the paper's Eq. 11-13 with a common ``adc_grid_size`` grid). The deficit map
+    always uses all stages (Eq. 9 sums over i = 1..3).
     """
 
     @configurable
@@ -185,33 +255,37 @@ class LanguageGuidedFeatureAggregation(nn.Module):
         adc_stages: Sequence[int] = (0, 1, 2, 3),
         topk: int = 16,
         adc_dim: int = 256,
+        adc_fusion: str = "sequence",
+        adc_grid_size: int = 8,
     ):
         super().__init__()
-        if any(not 0 <= i < len(in_channels) for i in adc_stages):
-            raise ValueError(f"ADC stages {list(adc_stages)} must index the {len(in_channels)} input levels.")
+        if adc_fusion not in ADC_FUSIONS:
+            raise ValueError(f"MODEL.CROBIM.ADC_FUSION={adc_fusion!r} is unknown; use one of {ADC_FUSIONS}.")
         self.fusions = nn.ModuleList(LanguageGuidedFusion(c, text_dim, num_heads) for c in in_channels)
-        self.adc = (
-            AttentionDeficitCompensation(in_channels, sorted(adc_stages), topk, adc_dim, num_heads)
-            if adc_stages
-            else None
-        )
+        self.adc = None
+        if adc_stages and adc_fusion == "sequence":
+            self.adc = SequenceCompensation(in_channels, adc_stages, topk, adc_dim, num_heads)
+        elif adc_stages:
+            self.adc = ChannelCompensation(in_channels, adc_stages, topk, adc_dim, num_heads, adc_grid_size)
 
     @classmethod
-    def from_config(cls, cfg, input_shape: dict[str, ShapeSpec], text_dim: int) -> dict:
+    def from_config(cls, cfg, in_channels: list[int], text_dim: int) -> dict:
         c = cfg.MODEL.CROBIM
         return {
-            "in_channels": [input_shape[f].channels for f in c.IN_FEATURES],
+            "in_channels": in_channels,
             "text_dim": text_dim,
             "num_heads": c.LGFA_NUM_HEADS,
             "adc_stages": stage_indices(c.ADC_STAGES, c.IN_FEATURES, "MODEL.CROBIM.ADC_STAGES"),
             "topk": c.ADC_TOPK,
             "adc_dim": c.HIDDEN_DIM,
+            "adc_fusion": c.ADC_FUSION,
+            "adc_grid_size": c.ADC_GRID_SIZE,
         }
 
     def forward(
         self, features: list[torch.Tensor], lang: torch.Tensor, lang_mask: torch.Tensor
     ) -> list[torch.Tensor]:
-        """features V_1..V_4 (N, C_i, H_i, W_i), lang L_v (N, T, D_l), lang_mask (N, T) -> V_l1..V_l4."""
+        """features V_1..V_4 (N, C_i, H_i, W_i), language (N, T, D_l), its mask (N, T) -> V_l1..V_l4."""
         if len(features) != len(self.fusions):
             raise ValueError(f"LGFA was built for {len(self.fusions)} levels, got {len(features)}.")
         fused, maps = zip(*(f(v, lang, lang_mask) for f, v in zip(self.fusions, features)))

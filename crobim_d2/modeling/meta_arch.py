@@ -19,6 +19,8 @@ from .loss import crobim_loss
 from .mid import MutualInteractionDecoder
 from .text_encoder import TextEncoder
 
+LGFA_LANGUAGES = ("words_and_prompts", "words")
+
 
 @META_ARCH_REGISTRY.register()
 class CroBIM(nn.Module):
@@ -39,8 +41,11 @@ class CroBIM(nn.Module):
         image_size: int = 480,
         loss_lambda: float = 0.9,
         inference_dtype: str = "auto",
+        lgfa_language: str = "words_and_prompts",
     ):
-        """``inference_dtype``: one of ``crobim_d2.precision.PRECISIONS``; "auto" lets the device decide."""
+        """``inference_dtype``: one of ``crobim_d2.precision.PRECISIONS``; "auto" lets the device decide.
+        ``lgfa_language``: what LGFA's keys and values read, "words_and_prompts" (all of L_v) or "words"
+        (L_v without the N_p prompt tokens, Eq. 4's L); MID always reads all of L_v."""
         super().__init__()
         if inference_dtype not in PRECISIONS:
             raise ValueError(
@@ -48,6 +53,8 @@ class CroBIM(nn.Module):
             )
         if not 0.0 <= loss_lambda <= 1.0:
             raise ValueError(f"MODEL.CROBIM.LOSS_LAMBDA={loss_lambda} must lie in [0, 1] (Eq. 18).")
+        if lgfa_language not in LGFA_LANGUAGES:
+            raise ValueError(f"MODEL.CROBIM.LGFA_LANGUAGE={lgfa_language!r}; use one of {LGFA_LANGUAGES}.")
         if len(pixel_mean) != 3 or len(pixel_std) != 3:
             raise ValueError("MODEL.PIXEL_MEAN and MODEL.PIXEL_STD need 3 values (RGB).")
         self.backbone = backbone
@@ -59,6 +66,7 @@ class CroBIM(nn.Module):
         self.image_size = image_size
         self.loss_lambda = loss_lambda
         self.inference_dtype = inference_dtype
+        self.lgfa_language = lgfa_language
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), persistent=False)
 
@@ -66,20 +74,22 @@ class CroBIM(nn.Module):
     def from_config(cls, cfg) -> dict:
         backbone = build_backbone(cfg)
         input_shape = backbone_features(backbone, cfg.MODEL.CROBIM.IN_FEATURES)
+        in_channels = [input_shape[f].channels for f in cfg.MODEL.CROBIM.IN_FEATURES]  # C_1..C_4
         text_encoder = TextEncoder(cfg)
         text_dim = text_encoder.hidden_size
         return {
             "backbone": backbone,
             "text_encoder": text_encoder,
-            "capm": ContextAwarePromptModulation(cfg, input_shape, text_dim),
-            "lgfa": LanguageGuidedFeatureAggregation(cfg, input_shape, text_dim),
-            "mid": MutualInteractionDecoder(cfg, input_shape, text_dim),
+            "capm": ContextAwarePromptModulation(cfg, in_channels, text_dim),
+            "lgfa": LanguageGuidedFeatureAggregation(cfg, in_channels, text_dim),
+            "mid": MutualInteractionDecoder(cfg, in_channels, text_dim),
             "in_features": cfg.MODEL.CROBIM.IN_FEATURES,
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
             "image_size": cfg.INPUT.IMAGE_SIZE,
             "loss_lambda": cfg.MODEL.CROBIM.LOSS_LAMBDA,
             "inference_dtype": cfg.MODEL.CROBIM.INFERENCE_DTYPE,
+            "lgfa_language": cfg.MODEL.CROBIM.LGFA_LANGUAGE,
         }
 
     @property
@@ -114,7 +124,8 @@ class CroBIM(nn.Module):
         features = [features[f] for f in self.in_features]  # V_1..V_4
         prompts = self.capm(features)  # P_v, Eq. 1-2
         lang, mask = self.text_encoder(lang_tokens, lang_mask, prompts)  # L_v
-        features = self.lgfa(features, lang, mask)  # Eq. 3-13
+        words = lang.shape[1] if self.lgfa_language == "words_and_prompts" else lang_tokens.shape[1]
+        features = self.lgfa(features, lang[:, :words], mask[:, :words])  # Eq. 3-13
         return self.mid(features, lang, mask)  # Eq. 14-17
 
     def preprocess_images(self, batched_inputs: list[dict]) -> torch.Tensor:

@@ -1,82 +1,14 @@
 """Mutual-interaction decoder, MID (Sec. IV-C, Eq. 14-17, Fig. 8, Table VII)."""
 
-import contextlib
-import functools
-import math
-
 import torch
 import torch.nn.functional as F
 from detectron2.config import configurable
-from detectron2.layers import ShapeSpec
 from torch import nn
 
 from . import ops
-from .sdpa import scaled_dot_product_attention
+from .layers import Attention, cell_centres, sine_position_encoding
 
 ATTENTION_SCHEMES = ("cascaded", "unidirectional", "parallel")
-
-
-class Attention(nn.Module):
-    """Multi-head attention on F.scaled_dot_product_attention with a key padding mask.
-
-    ``fp32`` runs the attention itself in float32 (the projections keep the autocast dtype): used where the
-    softmax spans the ~19k visual tokens.
-
-    ``few_queries`` gives the same result for a few queries over many keys (the l_m + N_p words reading the
-    ~19k visual tokens, Eq. 15) without projecting the keys and values. Per head m, with x_j the key and
-    value inputs: q_m . (W_k,m x_j + b_k,m) = (W_k,m^T q_m) . x_j + q_m . b_k,m, and the last term is the
-    same for every key, so it cancels in the softmax (the key projection has no bias here: it never had an
-    effect); and sum_j a_j (W_v,m x_j + b_v,m) = W_v,m (sum_j a_j x_j) + b_v,m because the weights sum to 1.
-    All heads then attend over the same raw inputs, so they run as one attention of M * Q queries of width
-    D. For Q = 24 and S = 19125 this replaces two D x D projections of S tokens (~5 GFLOP at D = 256) with
-    ~4 GFLOP of attention and never writes the projected keys and values.
-    """
-
-    def __init__(self, dim: int, num_heads: int, dropout: float, fp32: bool = False, few_queries: bool = False):
-        super().__init__()
-        self.num_heads, self.dropout, self.fp32, self.few_queries = num_heads, dropout, fp32, few_queries
-        self.q, self.v, self.out = (nn.Linear(dim, dim) for _ in range(3))
-        self.k = nn.Linear(dim, dim, bias=not few_queries)
-
-    def forward(
-        self,
-        query: torch.Tensor,
-        key: torch.Tensor,
-        value: torch.Tensor,
-        key_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """query (N, Q, D), key/value (N, S, D), key_mask (N, S) bool, True = attend -> (N, Q, D)."""
-        mask = None if key_mask is None else key_mask[:, None, None, :]
-        dropout = self.dropout if self.training else 0.0
-        precision = (
-            torch.autocast(query.device.type, enabled=False) if self.fp32 else contextlib.nullcontext()
-        )
-        n, m, d = query.shape[0], self.num_heads, query.shape[-1]
-        q = self.q(query).view(n, -1, m, d // m).transpose(1, 2)  # (N, M, Q, d_h)
-        if self.few_queries:
-            w_k = self.k.weight.view(m, d // m, d)
-            w_v = self.v.weight.view(m, d // m, d)
-            with precision:
-                if self.fp32:
-                    q, key, value, w_k, w_v = (x.float() for x in (q, key, value, w_k, w_v))
-                q_abs = torch.einsum("nmqe,med->nmqd", q, w_k.to(q.dtype))  # W_k,m^T q_m
-                mixed = F.scaled_dot_product_attention(
-                    q_abs.flatten(1, 2)[:, None],
-                    key[:, None].to(q_abs.dtype),
-                    value[:, None].to(q_abs.dtype),
-                    attn_mask=mask,
-                    dropout_p=dropout,
-                    scale=(d // m) ** -0.5,
-                ).view(n, m, -1, d)  # sum_j a_j x_j per head
-                out = torch.einsum("nmqd,med->nmqe", mixed, w_v.to(mixed.dtype))
-                out = out + self.v.bias.view(m, 1, d // m).to(out.dtype)
-        else:
-            k, v = (x.view(n, x.shape[1], m, -1).transpose(1, 2) for x in (self.k(key), self.v(value)))
-            with precision:
-                if self.fp32:
-                    q, k, v = q.float(), k.float(), v.float()
-                out = scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
-        return self.out(out.transpose(1, 2).flatten(2).to(query.dtype))
 
 
 class FFN(nn.Sequential):
@@ -168,22 +100,6 @@ class MutualInteractionLayer(nn.Module):
         return vis, new_lang
 
 
-@functools.lru_cache(maxsize=32)
-def sine_position_encoding(h: int, w: int, dim: int, device: torch.device) -> torch.Tensor:
-    """DETR's normalized 2D sine encoding, (h*w, dim): dim/2 channels for y, then dim/2 for x (cached)."""
-    ys = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) / h * 2 * math.pi
-    xs = (torch.arange(w, device=device, dtype=torch.float32) + 0.5) / w * 2 * math.pi
-    half = dim // 2
-    freqs = 10000 ** (2 * (torch.arange(half, device=device) // 2) / half)
-    py = ys[:, None] / freqs
-    px = xs[:, None] / freqs
-    py = torch.stack([py[:, 0::2].sin(), py[:, 1::2].cos()], dim=2).flatten(1)
-    px = torch.stack([px[:, 0::2].sin(), px[:, 1::2].cos()], dim=2).flatten(1)
-    return torch.cat([py[:, None, :].expand(h, w, half), px[None, :, :].expand(h, w, half)], dim=2).flatten(
-        0, 1
-    )
-
-
 class MutualInteractionDecoder(nn.Module):
     """Cascaded bidirectional vision-language decoder producing the mask logits at res2 resolution.
 
@@ -241,10 +157,10 @@ class MutualInteractionDecoder(nn.Module):
         self.cls_embed = nn.Linear(hidden_dim, hidden_dim)  # L_out, Eq. 17
 
     @classmethod
-    def from_config(cls, cfg, input_shape: dict[str, ShapeSpec], text_dim: int) -> dict:
+    def from_config(cls, cfg, in_channels: list[int], text_dim: int) -> dict:
         c = cfg.MODEL.CROBIM
         return {
-            "in_channels": [input_shape[f].channels for f in c.IN_FEATURES],
+            "in_channels": in_channels,
             "text_dim": text_dim,
             "hidden_dim": c.HIDDEN_DIM,
             "num_layers": c.MID_NUM_LAYERS,
@@ -273,7 +189,7 @@ class MutualInteractionDecoder(nn.Module):
         ).to(v_ms.dtype)
         spatial_shapes = torch.tensor([list(s) for s in shapes], dtype=torch.long, device=v_ms.device)
         level_start_index = torch.cat([spatial_shapes.new_zeros(1), spatial_shapes.prod(1).cumsum(0)[:-1]])
-        reference_points = torch.cat([self.reference_points(h, w, v_ms) for h, w in shapes])
+        reference_points = torch.cat([cell_centres(h, w, v_ms.device) for h, w in shapes])
         reference_points = reference_points[None, :, None, :].expand(v_ms.shape[0], -1, len(shapes), -1)
         key_mask = lang_mask.bool()
         vis, lng = v_ms, self.lang_proj(lang)
@@ -282,7 +198,8 @@ class MutualInteractionDecoder(nn.Module):
         return self.predict(vis + v_ms, lng[:, 0], shapes)  # V^_ms + V_ms, [CLS]
 
     def predict(self, fused: torch.Tensor, cls: torch.Tensor, shapes: list[torch.Size]) -> torch.Tensor:
-        """Eq. 17 on fused (N, S, D) and the [CLS] token (N, D) -> logits (N, 1, H_1, W_1), in float32.
+        """Eq. 17 on fused (N, S, D) and the [CLS] token (N, D) -> logits (N, 1, H_1, W_1), in float32
+        (precision policy: ``layers/attention.py``).
 
         Y^ = <Resample(W V + b), L_out> is linear in V, so it is computed as
         Resample(<V, W^T L_out>) + <b, L_out>:
@@ -301,10 +218,3 @@ class MutualInteractionDecoder(nn.Module):
                     level = F.interpolate(level, size=(h1, w1), mode="bilinear", align_corners=False)
                 logits = logits + level
         return logits
-
-    @staticmethod
-    def reference_points(h: int, w: int, ref: torch.Tensor) -> torch.Tensor:
-        """Normalized (x, y) centres of an h x w grid, (h*w, 2)."""
-        ys = (torch.arange(h, device=ref.device, dtype=torch.float32) + 0.5) / h
-        xs = (torch.arange(w, device=ref.device, dtype=torch.float32) + 0.5) / w
-        return torch.stack(torch.meshgrid(xs, ys, indexing="xy"), -1).reshape(-1, 2)

@@ -1,8 +1,8 @@
 """Segment the object an expression refers to in one or more images; write a mask and an overlay PNG each.
 
-    python projects/CroBIM/demo.py --config-file projects/CroBIM/configs/synrrsis/crobim_tiny.yaml \
+    python projects/CroBIM/demo.py --config-file output/demo/config.yaml \
         --input datasets/synrrsis/images/test/00000.png --expression "the vehicle at the top left" \
-        --output output/demo_pred --opts MODEL.WEIGHTS output/demo/train/model_final.pth
+        --output output/demo_pred --opts MODEL.WEIGHTS output/demo/model_final.pth
 
 Images are read as ``crobim-predict`` reads them (PNG, JPEG, TIFF and GeoTIFF of any bit depth: 16-bit and
 float bands stretched, the first three colour bands of a multiband raster, nodata and alpha left out); for

@@ -1,6 +1,7 @@
-"""The main job on the embedded default (`make demo`): generate synrrsis if needed, train the tiny CroBIM on
-the CPU, evaluate on synrrsis_test, score the same model with the test expressions shuffled between images
-(a language-blind control), and write ``metrics.json`` and ``predictions.png`` into ``--output-dir``.
+"""The main job on the embedded default (`make demo`): generate synrrsis if needed, fine-tune CroBIM on the
+pretrained MobileNetV2 and MiniLM on the CPU, evaluate on synrrsis_test, score the same model with the test
+expressions shuffled between images (a language-blind control), and write into ``--output-dir`` the trained
+``model_final.pth``, the ``config.yaml`` it was trained with, ``metrics.json`` and ``predictions.png``.
 """
 import argparse
 import json
@@ -22,9 +23,12 @@ import train_net
 from crobim_d2.data import load_gt_mask, read_image_rgb
 from crobim_d2.data.synrrsis import ensure_synrrsis
 from crobim_d2.evaluation import RRSISEvaluator
+from crobim_d2.precision import autocast_dtype, describe_cpu
 from crobim_d2.visualization import overlay_mask
 
-DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "synrrsis", "crobim_tiny.yaml")
+DEFAULT_CONFIG = os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "configs", "synrrsis", "crobim_mobilenet_v2.yaml"
+)
 CONTROL = "synrrsis_test_shuffled"
 
 
@@ -111,6 +115,10 @@ def picture_grid(model, mapper, records: list[dict], path: str, num: int = 8) ->
     cv2.imwrite(path, grid[:, :, ::-1], [cv2.IMWRITE_PNG_COMPRESSION, 9])
 
 
+def _precision_name(dtype) -> str:
+    return str(dtype).replace("torch.", "") if dtype else "float32"
+
+
 class _DropModelPrint(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         return not str(record.msg).startswith("Model:")
@@ -125,7 +133,7 @@ def main(argv: list[str] | None = None) -> dict:
     os.makedirs(args.output_dir, exist_ok=True)
 
     train_args = train_net.argument_parser().parse_args(
-        ["--config-file", args.config_file, *args.opts, "OUTPUT_DIR", os.path.join(args.output_dir, "train")]
+        ["--config-file", args.config_file, *args.opts, "OUTPUT_DIR", args.output_dir]
     )
     t0 = time.perf_counter()
     if any(name.startswith("synrrsis_") for name in train_net.load_config(train_args).DATASETS.TRAIN):
@@ -174,9 +182,16 @@ def main(argv: list[str] | None = None) -> dict:
             "total": round(time.perf_counter() - t0, 1),
         },
         "torch_threads": torch.get_num_threads(),
+        "cpu": describe_cpu(),
+        "training_precision": _precision_name(cfg.SOLVER.AMP.ENABLED and autocast_dtype(
+            cfg.MODEL.DEVICE, cfg.SOLVER.AMP.DTYPE, purpose="training", key="SOLVER.AMP.DTYPE")),
+        "inference_precision": _precision_name(autocast_dtype(cfg.MODEL.DEVICE, cfg.MODEL.CROBIM.INFERENCE_DTYPE)),
     }
     with open(os.path.join(args.output_dir, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=1)
+    kinds = {k.split(":", 1)[1]: v for k, v in test.items() if k.startswith("mIoU-template:")}
+    if kinds:
+        print("mIoU by expression kind: " + ", ".join(f"{k} {v:.1f}" for k, v in sorted(kinds.items())))
     print(
         f"\nsynrrsis test: mIoU {test['mIoU']:.1f}  oIoU {test['oIoU']:.1f}  |  language-blind control: "
         f"mIoU {control['rrsis']['mIoU']:.1f}  oIoU {control['rrsis']['oIoU']:.1f}  |  training + evaluation "

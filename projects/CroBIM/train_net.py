@@ -11,7 +11,6 @@ import os
 import weakref
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode, get_cfg
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import DefaultTrainer, TrainerBase, default_argument_parser
@@ -20,7 +19,9 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from crobim_d2 import add_crobim_config
+from crobim_d2.checkpoint import CroBIMCheckpointer
 from crobim_d2.data import RRSISDatasetMapper
+from crobim_d2.data.check import check_datasets_at_start
 from crobim_d2.engine import (
     build_lr_scheduler,
     build_optimizer,
@@ -50,7 +51,7 @@ class Trainer(DefaultTrainer):
         model = create_ddp_model(model, broadcast_buffers=False)
         self._trainer = build_step_trainer(cfg, model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.checkpointer = CroBIMCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
@@ -105,10 +106,12 @@ def load_config(args) -> CfgNode:
 
 
 def setup(args) -> CfgNode:
-    """The checked config of this process, with logging and the output folder set up."""
+    """The checked config of this process, with logging and the output folder set up; its datasets checked
+    (``DATASETS.CHECK_AT_START``)."""
     cfg = load_config(args)
     check_config(cfg, comm.get_world_size(), eval_only=args.eval_only)
     default_setup(cfg, args)
+    check_datasets_at_start(cfg, eval_only=args.eval_only)
     return cfg
 
 
@@ -117,7 +120,8 @@ def main(args):
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        checkpointer = CroBIMCheckpointer(model, cfg.OUTPUT_DIR, strict=not cfg.MODEL.ALLOW_PARTIAL_WEIGHTS)
+        checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         res = Trainer.test(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, res)

@@ -46,7 +46,7 @@ def load_phrase_list_dataset(
             records.append({
                 "file_name": file_name, "height": height, "width": width, "image_id": key,
                 "sent_id": f"{split}_{lineno}", "sentence": text, "mask_file": mask_file,
-                "mask_threshold": mask_threshold,
+                "mask_threshold": mask_threshold, "origin": f"{phrases}:{lineno}",
             })
     return skipped.finish(records, phrases)
 

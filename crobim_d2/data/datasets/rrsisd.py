@@ -6,10 +6,14 @@
 matches every split whose name contains "test".
 """
 import json
+import logging
 import os
 import pickle
 
+from ..masks import check_polygons
 from .common import SkipLog, missing_path_error
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["load_refs_pickle", "load_rrsisd"]
 
@@ -43,6 +47,17 @@ def _split_matches(ref_split: str, split: str) -> bool:
     return split in ref_split if split == "test" else ref_split == split
 
 
+def _polygon_problem(ann: dict, image: dict) -> tuple[str | None, bool]:
+    """(why the annotation's polygons are unusable or None, whether they extend beyond the image)."""
+    segm = ann["segmentation"]
+    if not isinstance(segm, list) or not segm or isinstance(segm[0], dict):
+        return None, False  # RLE: its size is checked when it is decoded
+    try:
+        return None, check_polygons(segm, image["height"], image["width"])[1] > 0
+    except ValueError as e:
+        return f"ann_id {ann['id']}: {e}", False
+
+
 def load_rrsisd(root: str, split: str) -> list[dict]:
     ann_dir = os.path.join(root, "rrsisd")
     refs_path = os.path.join(ann_dir, "refs(unc).p")
@@ -60,6 +75,7 @@ def load_rrsisd(root: str, split: str) -> list[dict]:
     categories = {c["id"]: c["name"] for c in instances.get("categories", [])}
     skipped = SkipLog(f"rrsisd_{split}")
     exists: dict[str, bool] = {}
+    polygons: dict[int, tuple[str | None, bool]] = {}
     records = []
     for ref in refs:
         if not _split_matches(ref["split"], split):
@@ -74,6 +90,12 @@ def load_rrsisd(root: str, split: str) -> list[dict]:
         if not exists[file_name]:
             skipped.add("a missing image", file_name)
             continue
+        if ann["id"] not in polygons:
+            polygons[ann["id"]] = _polygon_problem(ann, image)
+        problem, _ = polygons[ann["id"]]
+        if problem:
+            skipped.add("an invalid polygon mask", problem)
+            continue
         category_id = ref.get("category_id", ann.get("categories_id", ann.get("category_id")))
         for sent in ref["sentences"]:
             text = (sent.get("raw") or sent.get("sent") or "").strip()
@@ -85,5 +107,12 @@ def load_rrsisd(root: str, split: str) -> list[dict]:
                 "image_id": ref["image_id"], "ref_id": ref["ref_id"], "ann_id": ref["ann_id"],
                 "sent_id": sent["sent_id"], "sentence": text, "segmentation": ann["segmentation"],
                 "category_id": category_id, "category": categories.get(category_id), "split": ref["split"],
+                "origin": f"{refs_path}: ref_id {ref['ref_id']}, sent_id {sent['sent_id']}",
             })
+    clipped = [ann_id for ann_id, (_, out) in polygons.items() if out]
+    if clipped:
+        logger.warning(
+            f"rrsisd_{split}: {len(clipped)} polygon mask(s) extend beyond their image and are clipped to "
+            f"it, e.g. ann_id {clipped[:3]}."
+        )
     return skipped.finish(records, refs_path)

@@ -5,21 +5,23 @@ Layout under ``<root>/synrrsis/``: ``{split}.jsonl``, ``images/{split}/<scene>.p
 Each scene has its own seeded generator, so the same version and parameters give byte-identical files.
 """
 import dataclasses
-import fcntl
-import glob
 import json
+import logging
 import os
-import shutil
 import time
 
 import cv2
 import numpy as np
 
+from ..referring.store import build_once, may_build, read_info, refuse_foreign
 from .expressions import scene_expressions
 from .scene import generate_scene
 
 SYNRRSIS_VERSION = 2
 SPLITS = ("train", "val", "test")
+GENERATE_ENV = "CROBIM_GENERATE_SYNRRSIS"
+
+logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,45 +72,44 @@ def write_split(out_dir: str, split: str, params: SynRRSISParams) -> int:
     return len(lines)
 
 
-def _read_info(path: str) -> dict:
-    try:
-        with open(os.path.join(path, "info.json")) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return {}
-
-
 def generate_synrrsis(root: str, params: SynRRSISParams = SynRRSISParams(), force: bool = True) -> dict:
     """Generate ``<root>/synrrsis`` (replacing it when ``force``), atomically and under a file lock so
     concurrent processes do not clash. Returns the content of ``info.json``."""
-    os.makedirs(root, exist_ok=True)
-    final = os.path.join(root, "synrrsis")
-    with open(os.path.join(root, ".synrrsis.lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        info = _read_info(final)
-        if not force and info.get("version") == SYNRRSIS_VERSION:
-            return info  # another process generated it while we waited
-        for stale in glob.glob(os.path.join(root, ".synrrsis.*-*")):  # left by an interrupted run
-            shutil.rmtree(stale, ignore_errors=True)
-        tmp = os.path.join(root, f".synrrsis.tmp-{os.getpid()}")
+
+    def build(tmp: str) -> dict:
         start = time.perf_counter()
         counts = {split: write_split(tmp, split, params) for split in SPLITS}
-        info = {"version": SYNRRSIS_VERSION, "params": dataclasses.asdict(params), "expressions": counts,
+        return {"version": SYNRRSIS_VERSION, "params": dataclasses.asdict(params), "expressions": counts,
                 "seconds": round(time.perf_counter() - start, 2)}
-        with open(os.path.join(tmp, "info.json"), "w") as f:
-            json.dump(info, f, indent=1)
-        if os.path.exists(final):
-            old = os.path.join(root, f".synrrsis.old-{os.getpid()}")
-            os.rename(final, old)
-            shutil.rmtree(old)
-        os.rename(tmp, final)
-    return info
+
+    return build_once(root, "synrrsis", lambda info: info.get("version") == SYNRRSIS_VERSION, build, force)
 
 
-def ensure_synrrsis(root: str, params: SynRRSISParams = SynRRSISParams()) -> str:
+def ensure_synrrsis(
+    root: str, params: SynRRSISParams = SynRRSISParams(), generate: bool | None = None
+) -> str:
     """Return ``<root>/synrrsis``, generating it with ``params`` if it is absent or was made by another
-    generator version (a dataset made with other parameters by prepare_synrrsis.py is kept)."""
+    generator version (a dataset made with other parameters by prepare_synrrsis.py is kept).
+
+    An absent dataset is generated only if ``generate``; ``None`` means: when ``root`` is the default
+    ``./datasets`` or ``CROBIM_GENERATE_SYNRRSIS=1`` (``0`` never). Otherwise it is a ``FileNotFoundError``
+    that names the path and how to generate it.
+    """
     path = os.path.join(root, "synrrsis")
-    if _read_info(path).get("version") != SYNRRSIS_VERSION:
-        generate_synrrsis(root, params, force=False)
+    info = read_info(path)
+    if info.get("version") == SYNRRSIS_VERSION:
+        return path
+    refuse_foreign(root, "synrrsis", info, "datasets/prepare_synrrsis.py")
+    if not info and not (
+        may_build(root, GENERATE_ENV, "generate synrrsis") if generate is None else generate
+    ):
+        raise FileNotFoundError(
+            f"synrrsis not found at {os.path.abspath(path)}. It is generated on first use only under the "
+            f"default root ./datasets; to generate it here, run python datasets/prepare_synrrsis.py --root "
+            f"{root} or set {GENERATE_ENV}=1. If it is elsewhere, set DETECTRON2_DATASETS to that root (now "
+            f"{os.environ.get('DETECTRON2_DATASETS', 'unset')})."
+        )
+    action = "Regenerating (another generator version)" if info else "Generating"
+    logger.warning(f"{action} synrrsis in {os.path.abspath(path)} (once; see datasets/README.md).")
+    generate_synrrsis(root, params, force=False)
     return path

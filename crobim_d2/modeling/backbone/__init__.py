@@ -2,5 +2,6 @@
 
 from .convnext import D2ConvNeXt
 from .swin import D2SwinTransformer
+from .timm_backbone import D2TimmBackbone
 
-__all__ = ["D2ConvNeXt", "D2SwinTransformer"]
+__all__ = ["D2ConvNeXt", "D2SwinTransformer", "D2TimmBackbone"]

@@ -35,7 +35,7 @@ def load_official(path: str) -> dict[str, torch.Tensor]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Checkpoint {path} not found; pass the downloaded official .pth file.")
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("model", "state_dict"):
+    for key in ("model", "state_dict", "module"):
         if isinstance(ckpt, dict) and isinstance(ckpt.get(key), dict):
             ckpt = ckpt[key]
     return ckpt

@@ -1,7 +1,7 @@
-"""Convert an official ConvNeXt checkpoint (e.g. convnext_base_22k_224.pth, or SMLFR's ConvNeXt-B) to what
-``D2ConvNeXt`` loads through ``MODEL.WEIGHTS``, reporting entries that did not match.
+"""Convert an official ConvNeXt checkpoint (e.g. convnext_base_22k_224.pth) to what ``D2ConvNeXt`` loads
+through ``MODEL.WEIGHTS``, reporting entries that did not match (SMLFR's ConvNeXt-B: convert_smlfr.py).
 
-    python projects/CroBIM/tools/convert_convnext.py convnext_base_22k_224.pth pretrained/convnext_base_d2.pth
+    python projects/CroBIM/tools/convert_convnext.py convnext_base_22k_224.pth pretrained/convnext_base_22k_d2.pth
 
 timm's ``checkpoint_filter_fn`` renames ``downsample_layers.{i}`` to ``stem`` / ``stages.{i}.downsample``,
 ``stages.{i}.{j}`` to ``stages.{i}.blocks.{j}``, ``dwconv``/``pwconv`` to ``conv_dw``/``mlp.fc``. The classifier

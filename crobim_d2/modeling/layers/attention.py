@@ -1,0 +1,127 @@
+"""Multi-head attention shared by CAPM, LGFA's attention deficit compensation and MID.
+
+Precision policy of the whole model under autocast (weights, gradients and optimizer state stay float32);
+the modules follow it and point here instead of restating it:
+
+- Attention on the CPU computes in float32 and casts the result back (``scaled_dot_product_attention``):
+  PyTorch's CPU flash-attention kernel is slower in bfloat16 than in float32 at these head widths (16-32),
+  and the casts cost far less than the difference.
+- ``Attention(fp32=True)`` computes in float32 on every device: used where a softmax spans the ~19k
+  visual tokens (MID's language queries, Eq. 15), too many keys for bfloat16's 8-bit mantissa.
+- LGFA's word-attention scores and softmax (Eq. 5-6) and the attention deficit map (Eq. 8-9) run in float32:
+  the deficit map's top-K picks the regions ADC refines, and rounding would change that choice.
+- MID's prediction (Eq. 17) and the loss (Eq. 18) run in float32: the logits decide the 0.5 threshold of
+  every pixel, and Dice sums over whole images.
+- BERT runs in float32: for ~24 tokens, casting its weights to bfloat16 on every call costs more than the
+  bfloat16 matmuls save.
+"""
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["Attention", "scaled_dot_product_attention"]
+
+
+def scaled_dot_product_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    attn_mask: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """``F.scaled_dot_product_attention``; on the CPU, bfloat16/float16 inputs are computed in float32 and the
+    result cast back (see the module docstring). Other devices use the inputs' dtype."""
+    if q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16):
+        with torch.autocast("cpu", enabled=False):
+            out = F.scaled_dot_product_attention(
+                q.float(), k.float(), v.float(), attn_mask=attn_mask, dropout_p=dropout_p, scale=scale
+            )
+        return out.to(q.dtype)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, scale=scale)
+
+
+class Attention(nn.Module):
+    """Multi-head attention with separate q/k/v/out projections and a key padding mask.
+
+    ``fp32`` runs the attention itself in float32 on every device (the projections keep the autocast dtype).
+
+    ``few_queries`` gives the same result for a few queries over many keys (the l_m + N_p words reading the
+    ~19k visual tokens, Eq. 15) without projecting the keys and values. Per head m, with x_j the key and
+    value inputs: q_m . (W_k,m x_j + b_k,m) = (W_k,m^T q_m) . x_j + q_m . b_k,m, and the last term is the
+    same for every key, so it cancels in the softmax (the key projection has no bias here: it would have no
+    effect); and sum_j a_j (W_v,m x_j + b_v,m) = W_v,m (sum_j a_j x_j) + b_v,m because the weights sum to 1.
+    All heads then attend over the same raw inputs, so they run as one attention of M * Q queries of width D.
+    For Q = 24 and S = 19125 keys of width D = 256 this replaces two D x D projections of S tokens with
+    fewer FLOPs of attention and never writes the projected keys and values.
+
+    Checkpoints in ``nn.MultiheadAttention``'s layout (``in_proj_weight``, ``in_proj_bias``, ``out_proj.*``,
+    written by earlier versions of CAPM and ADC) load into this layout (``_load_from_state_dict``).
+    """
+
+    def __init__(
+        self, dim: int, num_heads: int, dropout: float = 0.0, *, fp32: bool = False, few_queries: bool = False
+    ):
+        super().__init__()
+        if dim % num_heads != 0:
+            raise ValueError(f"Attention width {dim} is not divisible by {num_heads} heads.")
+        self.num_heads, self.dropout, self.fp32, self.few_queries = num_heads, dropout, fp32, few_queries
+        self.q, self.v, self.out = (nn.Linear(dim, dim) for _ in range(3))
+        self.k = nn.Linear(dim, dim, bias=not few_queries)
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        key_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """query (N, Q, D), key/value (N, S, D), key_mask (N, S) bool, True = attend -> (N, Q, D)."""
+        mask = None if key_mask is None else key_mask[:, None, None, :]
+        dropout = self.dropout if self.training else 0.0
+        precision = (
+            torch.autocast(query.device.type, enabled=False) if self.fp32 else contextlib.nullcontext()
+        )
+        n, m, d = query.shape[0], self.num_heads, query.shape[-1]
+        q = self.q(query).view(n, -1, m, d // m).transpose(1, 2)  # (N, M, Q, d_h)
+        if self.few_queries:
+            w_k = self.k.weight.view(m, d // m, d)
+            w_v = self.v.weight.view(m, d // m, d)
+            with precision:
+                if self.fp32:
+                    q, key, value, w_k, w_v = (x.float() for x in (q, key, value, w_k, w_v))
+                q_abs = torch.einsum("nmqe,med->nmqd", q, w_k.to(q.dtype))  # W_k,m^T q_m
+                mixed = F.scaled_dot_product_attention(
+                    q_abs.flatten(1, 2)[:, None],
+                    key[:, None].to(q_abs.dtype),
+                    value[:, None].to(q_abs.dtype),
+                    attn_mask=mask,
+                    dropout_p=dropout,
+                    scale=(d // m) ** -0.5,
+                ).view(n, m, -1, d)  # sum_j a_j x_j per head
+                out = torch.einsum("nmqd,med->nmqe", mixed, w_v.to(mixed.dtype))
+                out = out + self.v.bias.view(m, 1, d // m).to(out.dtype)
+        else:
+            k, v = (x.view(n, x.shape[1], m, -1).transpose(1, 2) for x in (self.k(key), self.v(value)))
+            with precision:
+                if self.fp32:
+                    q, k, v = q.float(), k.float(), v.float()
+                out = scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+        return self.out(out.transpose(1, 2).flatten(2).to(query.dtype))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        packed = state_dict.pop(prefix + "in_proj_weight", None)
+        if packed is not None:  # nn.MultiheadAttention's layout
+            for name, part in zip("qkv", packed.chunk(3)):
+                state_dict[f"{prefix}{name}.weight"] = part
+            bias = state_dict.pop(prefix + "in_proj_bias", None)
+            if bias is not None:
+                for name, part in zip("qkv", bias.chunk(3)):
+                    state_dict[f"{prefix}{name}.bias"] = part
+            for name in ("weight", "bias"):
+                if prefix + f"out_proj.{name}" in state_dict:
+                    state_dict[f"{prefix}out.{name}"] = state_dict.pop(prefix + f"out_proj.{name}")
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
