@@ -4,7 +4,7 @@ Measures parameters, inference seconds per image (float32 and bfloat16 autocast)
 training step (forward, loss, backward; float32, and under bfloat16 autocast as SOLVER.AMP.ENABLED does on
 the CPU), the share of inference time in backbone / text encoder / CAPM / LGFA / MID, deformable-attention impl "auto" against "pytorch", and the mean IoU between the bfloat16 and
 float32 masks. Every measurement runs with ``CPU_MALLOC_REUSE`` (the default, as train_net.py and
-RRSISPredictor apply it) except ``train_no_malloc_reuse``, the float32 training step with glibc's default
+crobim-predict apply it) except ``train_no_malloc_reuse``, the float32 training step with glibc's default
 allocator behaviour, for comparison. Each (config, measurement) runs in its own subprocess so that its peak RSS
 (``resource.getrusage``) is its own; "peak MiB" is the growth of the peak RSS over the built model's.
 
@@ -64,18 +64,12 @@ def peak_rss_mib() -> float:
 
 def build(config: str, msda_impl: str = "auto"):
     import torch
-    from detectron2.config import get_cfg
     from detectron2.modeling import build_model
 
-    from crobim_d2 import add_crobim_config
+    from crobim_d2.inference import load_inference_config
 
-    cfg = get_cfg()
-    add_crobim_config(cfg)
-    cfg.merge_from_file(config)
-    cfg.MODEL.WEIGHTS = ""
-    cfg.MODEL.TEXT_ENCODER.WEIGHTS = ""
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.MODEL.CROBIM.MSDA_IMPL = msda_impl
+    opts = ["MODEL.TEXT_ENCODER.WEIGHTS", "", "MODEL.CROBIM.MSDA_IMPL", msda_impl]
+    cfg = load_inference_config(config, opts, weights="", device="cpu")
     torch.manual_seed(0)
     return build_model(cfg), cfg
 

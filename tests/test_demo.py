@@ -45,6 +45,38 @@ def test_demo_cli_writes_mask_and_overlay(tmp_path):
                    "--output", str(tmp_path)])
 
 
+def test_demo_reads_what_crobim_predict_reads(tmp_path):
+    """16-bit, float, multiband and nodata GeoTIFFs go through crobim-predict's reader."""
+    import rasterio
+    from rasterio.transform import from_origin
+
+    cfg = tiny_cfg()
+    torch.manual_seed(0)
+    DetectionCheckpointer(build_model(cfg), save_dir=str(tmp_path)).save("model")
+    rng = np.random.default_rng(0)
+    rasters = {
+        "pan16.tif": rng.integers(1, 4000, (1, 40, 60)).astype(np.uint16),
+        "float.tif": rng.random((3, 40, 60)).astype(np.float32),
+        "bgrn.tif": rng.integers(0, 9000, (4, 40, 60)).astype(np.uint16),
+    }
+    paths = []
+    for name, data in rasters.items():
+        paths.append(str(tmp_path / name))
+        profile = {"driver": "GTiff", "count": len(data), "height": 40, "width": 60, "dtype": data.dtype,
+                   "nodata": 0, "crs": "EPSG:32633", "transform": from_origin(500000, 4600000, 1, 1)}
+        with rasterio.open(paths[-1], "w", **profile) as dst:
+            dst.write(data)
+    demo.main([
+        "--config-file", CONFIG, "--input", *paths, "--expression", "the field", "--output", str(tmp_path / "out"),
+        "--opts", *TINY_OPTS, "MODEL.WEIGHTS", str(tmp_path / "model.pth"),
+    ])
+    for name in rasters:
+        stem = tmp_path / "out" / name.replace(".tif", "")
+        assert np.asarray(Image.open(f"{stem}_mask.png")).shape == (40, 60)
+        overlay = np.asarray(Image.open(f"{stem}_overlay.png"))
+        assert overlay.shape == (40, 60, 3) and len(np.unique(overlay)) > 50  # stretched, not a flat image
+
+
 def test_shuffled_expressions_move_every_expression_to_another_image():
     records = [{"file_name": f"{i // 3}.png", "sentence": f"s{i}", "sent_id": i} for i in range(3 * 7 - 1)]
     shuffled = demo_job.shuffled_expressions(records)

@@ -90,13 +90,12 @@ def test_eval_output_per_record_size(convnext_model):
         assert prob.min() >= 0 and prob.max() <= 1
 
 
-def test_images_of_other_sizes_are_resized(convnext_model):
+def test_images_not_at_the_model_size_are_refused(convnext_model):
     convnext_model.eval()
     inputs = make_inputs()
     inputs[1]["image"] = torch.randint(0, 256, (3, 90, 75), dtype=torch.uint8)
-    with torch.no_grad():
-        outputs = convnext_model(inputs)
-    assert outputs[1]["ref_seg"].shape == (51, 70)
+    with torch.no_grad(), pytest.raises(ValueError, match=r"got \(3, 90, 75\); prepare them with"):
+        convnext_model(inputs)
 
 
 @pytest.mark.parametrize("backbone", ["D2ConvNeXt", "D2SwinTransformer"])

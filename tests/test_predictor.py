@@ -1,4 +1,5 @@
-"""RRSISPredictor: loads MODEL.WEIGHTS, matches the dataset-mapper path, full-resolution float32 output, errors."""
+"""RRSISPredictor: loads MODEL.WEIGHTS, matches the evaluation path exactly, full-resolution float32 output,
+errors, and no process-wide settings of its own."""
 import numpy as np
 import pytest
 import torch
@@ -9,6 +10,8 @@ from PIL import Image
 
 from crobim_d2 import RRSISPredictor
 from crobim_d2.data import RRSISDatasetMapper
+from crobim_d2.engine import allocator
+from crobim_d2.inference import ConfigError
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +43,12 @@ def test_predictor_loads_weights_and_matches_the_mapper_path(saved, tmp_path):
     model.eval()
     with torch.no_grad():
         expected = model([RRSISDatasetMapper(cfg, is_train=False)(record)])[0]["ref_seg"].numpy()
-    np.testing.assert_allclose(prob, expected, atol=1e-6)
+    np.testing.assert_array_equal(prob, expected)  # one test-time preparation: the same numbers
     assert not np.allclose(prob, predictor(image, "the blue ship in the center"))
+    small = predictor.predict_at_model_size(image, "the vehicle at the top left")
+    assert small.shape == (64, 64) and small.dtype == np.float32
+    resized = torch.nn.functional.interpolate(torch.from_numpy(small)[None, None], size=(50, 70), mode="bilinear")
+    np.testing.assert_array_equal(resized[0, 0].numpy(), prob)
 
 
 def test_predictor_rejects_bad_inputs(saved):
@@ -57,8 +64,26 @@ def test_predictor_rejects_bad_inputs(saved):
 
 def test_predictor_missing_weights_names_the_key(tmp_path):
     cfg = tiny_cfg("MODEL.WEIGHTS", str(tmp_path / "missing.pth"))
-    with pytest.raises(FileNotFoundError, match="MODEL.WEIGHTS="):
+    with pytest.raises(ConfigError, match="MODEL.WEIGHTS=.*does not exist"):
         RRSISPredictor(cfg)
+
+
+def test_predictor_leaves_process_settings_to_the_program(saved, monkeypatch):
+    def fail():
+        raise AssertionError("RRSISPredictor changed the process's allocator")
+
+    monkeypatch.setattr(allocator, "reuse_freed_memory", fail)
+    RRSISPredictor(saved[0])
+
+
+def test_predictor_from_config_file(saved, tmp_path):
+    cfg, _ = saved
+    config = tmp_path / "tiny.yaml"
+    config.write_text(cfg.dump())
+    predictor = RRSISPredictor.from_config_file(str(config), weights=cfg.MODEL.WEIGHTS, device="cpu")
+    assert predictor.cfg.MODEL.WEIGHTS == cfg.MODEL.WEIGHTS and predictor.cfg.is_frozen()
+    image = np.zeros((40, 40, 3), np.uint8)
+    np.testing.assert_array_equal(predictor(image, "the car"), RRSISPredictor(cfg)(image, "the car"))
 
 
 def test_predictor_warns_on_an_expression_without_a_known_word(saved, caplog, monkeypatch):

@@ -83,7 +83,7 @@ def test_building_polygons_match_the_instance_masks(wheel_cache):
     """The GeoJSON polygons, placed on the raster through its CRS, cover the wheel's own instance masks."""
     source = realrs.realrs_sources(os.path.join(wheel_cache, "samples"))[0]
     scene = read_scene(source.raster)
-    instances, drops = read_instances(source, scene.rgb.shape[:2], scene.crs, scene.transform)
+    instances, drops = read_instances(source, (scene.height, scene.width), scene.crs, scene.transform)
     assert len(instances) == 43 and not drops
     with zipfile.ZipFile(realrs.fetch_wheel("solaris", wheel_cache)) as wheel:
         data = wheel.read("solaris/data/sample_inst_mask.tif")

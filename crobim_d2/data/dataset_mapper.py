@@ -12,7 +12,34 @@ from .masks import load_gt_mask
 from .spatial_flip import flip_array, flip_expression
 from .tokenization import build_tokenizer, encode_expression
 
-__all__ = ["RRSISDatasetMapper"]
+__all__ = ["RRSISDatasetMapper", "prepare_test_input", "resize_image"]
+
+
+def resize_image(image: np.ndarray, image_size: int) -> np.ndarray:
+    """uint8 RGB (H, W, 3) -> (S, S, 3), bilinear (PIL's, antialiased when shrinking)."""
+    return np.asarray(Image.fromarray(image).resize((image_size, image_size), Image.BILINEAR))
+
+
+def _model_input(image: np.ndarray, expression: str, tokenizer, max_tokens: int) -> dict[str, Any]:
+    """A resized (S, S, 3) image and an expression in the model's layout: uint8 (3, S, S) and int64 tokens."""
+    tokens, mask = encode_expression(tokenizer, expression, max_tokens)
+    return {
+        "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
+        "lang_tokens": tokens,
+        "lang_mask": mask,
+    }
+
+
+def prepare_test_input(
+    image: np.ndarray, expression: str, *, tokenizer, image_size: int, max_tokens: int
+) -> dict[str, Any]:
+    """The test-time input of CroBIM for an RGB uint8 (H, W, 3) image: ``image`` uint8 (3, S, S) resized with
+    :func:`resize_image`, ``lang_tokens`` / ``lang_mask`` (T,), and ``height`` / ``width`` = H, W (the size the
+    model returns the probability at). The mapper (evaluation) and ``RRSISPredictor`` both call it.
+    """
+    height, width = image.shape[:2]
+    inputs = _model_input(resize_image(image, image_size), expression, tokenizer, max_tokens)
+    return {**inputs, "height": height, "width": width}
 
 
 class RRSISDatasetMapper:
@@ -99,20 +126,26 @@ class RRSISDatasetMapper:
                 f"{record['height']}x{record['width']}; fix the dataset's height/width."
             )
         record["height"], record["width"] = height, width
-        size = (self.image_size, self.image_size)
-        image = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
+        if not self.is_train:
+            record.update(
+                prepare_test_input(
+                    image,
+                    record["sentence"],
+                    tokenizer=self.tokenizer,
+                    image_size=self.image_size,
+                    max_tokens=self.max_tokens,
+                )
+            )
+            return record
+        image = resize_image(image, self.image_size)
         if self.black_boxes_prob > 0:
             image = self._black_boxes(image)
         hflip, vflip = self._draw_flips()
         if hflip or vflip:
             image = flip_array(image, hflip, vflip)
             record["sentence"] = flip_expression(record["sentence"], hflip, vflip)
-        record["image"] = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
-        record["lang_tokens"], record["lang_mask"] = encode_expression(
-            self.tokenizer, record["sentence"], self.max_tokens
-        )
-        if self.is_train:
-            mask = Image.fromarray(load_gt_mask(record).astype(np.uint8)).resize(size, Image.NEAREST)
-            mask = flip_array(np.array(mask, dtype=np.uint8), hflip, vflip)
-            record["gt_mask"] = torch.from_numpy(mask)
+        record.update(_model_input(image, record["sentence"], self.tokenizer, self.max_tokens))
+        size = (self.image_size, self.image_size)
+        mask = Image.fromarray(load_gt_mask(record).astype(np.uint8)).resize(size, Image.NEAREST)
+        record["gt_mask"] = torch.from_numpy(flip_array(np.array(mask, dtype=np.uint8), hflip, vflip))
         return record

@@ -9,8 +9,9 @@ heap and stay there after ``free``, so the next step reuses already-mapped pages
 The cost: the process keeps its peak heap until it exits, as a caching allocator (PyTorch's own on CUDA,
 jemalloc, tcmalloc) does.
 
-The setting is process-wide and applies to allocations made after it: ``train_net.py`` applies it in each
-process (``default_setup``) and ``RRSISPredictor`` when ``MODEL.DEVICE`` is the CPU. It is a no-op, with a
+The setting is process-wide and applies to allocations made after it, so entry points apply it:
+``train_net.py`` in each process (``default_setup``), ``crobim-predict`` and ``demo.py`` when ``MODEL.DEVICE``
+is the CPU (``RRSISPredictor``, a library class, leaves it to the program). It is a no-op, with a
 log line, where the C library is not glibc (or an allocator such as jemalloc is preloaded in its place, which
 already reuses memory).
 """

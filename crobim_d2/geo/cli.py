@@ -5,32 +5,32 @@ Examples::
 
     crobim-predict --config-file C.yaml --weights model_final.pth --input scene.tif \\
         --expression "the large lake in the north" --output-dir out/
+    crobim-predict --config-file C.yaml --weights model_final.pth --input scenes/ --tile-size 1024 \\
+        --tile-overlap 128 --expression "the storage tanks" --vector-format gpkg --output-dir out/
     crobim-predict --config-file C.yaml --weights model_final.pth --jobs jobs.jsonl --output-dir out/
 
 Each (image, expression) pair is written as ``<name>_mask.tif``, ``<name>_mask.png``,
-``<name>_overlay.png`` and ``<name>.geojson`` (``<name>_prob.tif`` with ``--save-prob``), where ``<name>`` is
-the image's file stem, "_", and a slug of the expression (lowercase ASCII words joined by "-", at most 40
-characters), e.g. ``scene_the-large-lake-in-the-north``; a JSONL line may set its own ``"name"``, and a
-repeated name gets "_2", "_3", .... ``predictions.jsonl`` in the output folder lists every result with its
-score.
+``<name>_overlay.png`` and ``<name>.geojson`` or ``<name>.gpkg`` (``<name>_prob.tif`` with ``--save-prob``),
+where ``<name>`` is the image's file stem, "_", and a slug of the expression (lowercase ASCII words joined by
+"-", at most 40 characters), e.g. ``scene_the-large-lake-in-the-north``; a JSONL line may set its own
+``"name"``, and a repeated name gets "_2", "_3", .... ``predictions.jsonl`` in the output folder lists every
+result with its score, and every input that failed with the reason; the exit code is 1 if any failed.
 """
 
 import argparse
 import json
 import os
-import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
 from tqdm import tqdm
 
-from .raster import GeoInputError, check_raster, parse_bands, parse_percentiles, read_scene
-from .writer import write_prediction
-
-PredictFn = Callable[[np.ndarray, str], np.ndarray]
-SLUG_MAX_CHARS = 40
+from ..inference import ConfigError
+from .options import DEFAULT_OPTIONS, VECTOR_FORMATS, PredictOptions
+from .pipeline import check_expression, default_name, predict_scene
+from .probability import ScenePredictor
+from .raster import GeoInputError, check_raster, list_rasters, parse_bands, parse_percentiles
 
 
 @dataclass
@@ -38,12 +38,6 @@ class Job:
     image: str
     expression: str
     name: str
-
-
-def slugify(expression: str) -> str:
-    """Lowercase ASCII words of ``expression`` joined by "-", cut to at most 40 characters."""
-    slug = re.sub(r"[^a-z0-9]+", "-", expression.lower()).strip("-")
-    return slug[:SLUG_MAX_CHARS].rstrip("-") or "expression"
 
 
 def _unique(name: str, used: set[str]) -> str:
@@ -55,22 +49,17 @@ def _unique(name: str, used: set[str]) -> str:
     return candidate
 
 
-def _check_expression(expression, where: str) -> str:
-    if not isinstance(expression, str) or not expression.strip():
-        raise GeoInputError(
-            f'Empty expression {where}; describe the object to segment, e.g. "the lake in the north"'
-        )
-    return expression.strip()
+def expand_inputs(inputs: Sequence[str]) -> list[str]:
+    """``--input`` paths with every folder replaced by the rasters directly inside it, sorted."""
+    return [p for path in inputs for p in (list_rasters(path) if os.path.isdir(path) else [path])]
 
 
 def jobs_from_args(images: Sequence[str], expressions: Sequence[str]) -> list[Job]:
     """One job per (image, expression), images in order, each image's expressions together."""
     used: set[str] = set()
-    expressions = [_check_expression(e, "in --expression") for e in expressions]
+    expressions = [check_expression(e, " in --expression") for e in expressions]
     return [
-        Job(img, e, _unique(f"{os.path.splitext(os.path.basename(img))[0]}_{slugify(e)}", used))
-        for img in images
-        for e in expressions
+        Job(img, e, _unique(default_name(img, e), used)) for img in expand_inputs(images) for e in expressions
     ]
 
 
@@ -98,11 +87,10 @@ def jobs_from_jsonl(path: str) -> list[Job]:
                 raise GeoInputError(
                     f'{where} needs an "image" path, e.g. {{"image": "a.tif", "expression": "..."}}'
                 )
-            expression = _check_expression(record.get("expression"), f"at {where}")
+            expression = check_expression(record.get("expression"), f" at {where}")
             image = os.path.join(root, os.path.expanduser(record["image"]))
-            stem = os.path.splitext(os.path.basename(image))[0]
             jobs.append(
-                Job(image, expression, _unique(record.get("name") or f"{stem}_{slugify(expression)}", used))
+                Job(image, expression, _unique(record.get("name") or default_name(image, expression), used))
             )
     if not jobs:
         raise GeoInputError(f'{path} holds no jobs; write one {{"image": ..., "expression": ...}} per line')
@@ -111,59 +99,42 @@ def jobs_from_jsonl(path: str) -> list[Job]:
 
 def run_jobs(
     jobs: Sequence[Job],
-    predict: PredictFn,
+    predictor: ScenePredictor,
     output_dir: str,
-    bands: Sequence[int] | None = None,
-    percentiles: tuple[float, float] = (2.0, 98.0),
-    threshold: float = 0.5,
-    min_area_px: float = 0.0,
-    save_prob: bool = False,
+    options: PredictOptions = DEFAULT_OPTIONS,
+    quiet: bool = False,
 ) -> list[dict]:
-    """Predict every job with ``predict(rgb uint8 (H,W,3), expression) -> probability (H,W)``; write its
-    outputs.
+    """Predict every job with :func:`predict_scene` and list it in ``predictions.jsonl``.
 
-    The whole scene goes to ``predict`` (which resizes it to the model input and back), so spatial words refer
-    to the whole scene. Consecutive jobs on the same image read it once.
+    A job whose input cannot be read (or used) is recorded with its ``error`` and the others still run.
     """
     os.makedirs(output_dir, exist_ok=True)
-    records, scene = [], None
+    records = []
     with open(os.path.join(output_dir, "predictions.jsonl"), "w") as log:
-        for job in tqdm(jobs, desc="crobim-predict", unit="job", disable=None):
-            if scene is None or scene.path != job.image:
-                scene = read_scene(job.image, bands, percentiles)
-            prob = np.asarray(predict(scene.rgb, job.expression), dtype=np.float32)
-            record = write_prediction(
-                scene, prob, job.expression, output_dir, job.name, threshold, min_area_px, save_prob
-            )
+        for job in tqdm(jobs, desc="crobim-predict", unit="job", disable=True if quiet else None):
+            try:
+                record = predict_scene(predictor, job.image, job.expression, output_dir, job.name, options)
+            except GeoInputError as e:
+                record = {"image": job.image, "expression": job.expression, "name": job.name, "error": str(e)}
+                tqdm.write(f"crobim-predict: failed: {e}", file=sys.stderr)
             log.write(json.dumps(record) + "\n")
+            log.flush()
             records.append(record)
     return records
 
 
-def build_predictor(config_file: str, weights: str, opts: Sequence[str], device: str | None) -> PredictFn:
-    """A :class:`crobim_d2.RRSISPredictor` for the config, checkpoint and overrides."""
-    import torch
-    from detectron2.config import get_cfg
-
-    from crobim_d2 import RRSISPredictor, add_crobim_config
+def build_predictor(
+    config_file: str, weights: str, opts: Sequence[str], device: str | None
+) -> ScenePredictor:
+    """A :class:`crobim_d2.RRSISPredictor` for the config, checkpoint and overrides, with the process-wide
+    settings of an entry point applied (``CPU_MALLOC_REUSE``)."""
+    from crobim_d2 import RRSISPredictor
     from crobim_d2.checkpoint import CheckpointError
+    from crobim_d2.engine import apply_cpu_malloc_reuse
+    from crobim_d2.inference import load_inference_config
 
-    cfg = get_cfg()
-    add_crobim_config(cfg)
-    try:
-        cfg.merge_from_file(config_file)
-        cfg.merge_from_list(list(opts))
-    except (KeyError, ValueError, AssertionError) as e:
-        raise GeoInputError(
-            f"Cannot use config {config_file} with --opts {list(opts)} ({e}); give a CroBIM config "
-            "(projects/CroBIM/configs/) and existing keys"
-        ) from None
-    cfg.MODEL.WEIGHTS = weights
-    if device is not None:
-        cfg.MODEL.DEVICE = device
-    elif "MODEL.DEVICE" not in opts[::2]:
-        cfg.MODEL.DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-    cfg.freeze()
+    cfg = load_inference_config(config_file, opts, weights=weights, device=device)
+    apply_cpu_malloc_reuse(cfg)
     try:
         return RRSISPredictor(cfg)
     except CheckpointError as e:
@@ -174,7 +145,7 @@ def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="crobim-predict",
         description="Segment the object a referring expression describes in PNG/JPEG/TIFF/GeoTIFF scenes; "
-        "write georeferenced masks (GeoTIFF), previews (PNG) and polygons (GeoJSON).",
+        "write georeferenced masks (GeoTIFF), previews (PNG) and polygons (GeoJSON or GeoPackage).",
     )
     p.add_argument("--config-file", required=True, help="CroBIM config YAML the checkpoint was trained with")
     p.add_argument("--weights", required=True, help="trained CroBIM checkpoint (.pth)")
@@ -184,7 +155,11 @@ def get_parser() -> argparse.ArgumentParser:
         help="load a --weights that does not match the config, keeping only the matching parameters "
         "(the others stay random; by default a mismatch is an error)",
     )
-    p.add_argument("--input", nargs="+", help="one or more rasters (PNG, JPEG, TIFF, GeoTIFF)")
+    p.add_argument(
+        "--input",
+        nargs="+",
+        help="rasters (PNG, JPEG, TIFF, GeoTIFF) or folders (every raster inside, sorted)",
+    )
     p.add_argument("--expression", action="append", help="referring expression; repeat for several per image")
     p.add_argument(
         "--jobs",
@@ -204,14 +179,38 @@ def get_parser() -> argparse.ArgumentParser:
         "--threshold", type=float, default=0.5, help="probability above which a pixel is the object"
     )
     p.add_argument(
-        "--min-area",
+        "--min-area-px",
         type=float,
         default=16.0,
-        help="drop mask polygons smaller than this many pixels, from the GeoJSON and the masks (default 16)",
+        help="drop mask polygons of fewer pixels than this, from the vectors and the masks (default 16)",
     )
+    p.add_argument(
+        "--min-area",
+        type=float,
+        default=0.0,
+        help="drop mask polygons smaller than this area in CRS units^2 (e.g. m^2; pixels without a CRS), "
+        "from the vectors and the masks (default 0: off)",
+    )
+    p.add_argument(
+        "--simplify",
+        type=float,
+        default=0.0,
+        help="simplify the polygons with this tolerance in CRS units, keeping each valid (default 0: off)",
+    )
+    p.add_argument("--vector-format", choices=VECTOR_FORMATS, default="geojson", help="polygon file format")
     p.add_argument(
         "--save-prob", action="store_true", help="also write <name>_prob.tif (float32 probability)"
     )
+    p.add_argument(
+        "--tile-size",
+        type=int,
+        help="tiled mode: run the expression on windows of this many input pixels, each at the model's input "
+        "size, blended where they overlap (default: the whole scene at once)",
+    )
+    p.add_argument(
+        "--tile-overlap", type=int, default=0, help="overlap of the tiles in input pixels (default 0)"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
     p.add_argument(
         "--opts", nargs=argparse.REMAINDER, default=[], help="config overrides KEY VALUE ... (last)"
@@ -219,7 +218,7 @@ def get_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _prepare(args: argparse.Namespace) -> tuple[list[Job], tuple[int, ...] | None, tuple[float, float]]:
+def _prepare(args: argparse.Namespace) -> tuple[list[Job], PredictOptions]:
     """Check every input before the model is loaded."""
     for path, flag, fix in (
         (args.config_file, "--config-file", "the CroBIM YAML config, e.g. projects/CroBIM/configs/..."),
@@ -227,12 +226,22 @@ def _prepare(args: argparse.Namespace) -> tuple[list[Job], tuple[int, ...] | Non
     ):
         if not os.path.isfile(path):
             raise GeoInputError(f"{flag} file not found: {path}; give {fix}")
-    if not 0.0 <= args.threshold < 1.0:
-        raise GeoInputError(f"--threshold {args.threshold} must be in [0, 1), e.g. 0.5")
-    if args.min_area < 0:
-        raise GeoInputError(f"--min-area {args.min_area} must be >= 0 (pixels); 0 keeps every polygon")
     if len(args.opts) % 2:
         raise GeoInputError(f"--opts needs KEY VALUE pairs, got {args.opts}")
+    options = PredictOptions(
+        bands=parse_bands(args.bands),
+        percentiles=parse_percentiles(args.stretch_percentiles),
+        threshold=args.threshold,
+        min_area_px=args.min_area_px,
+        min_area=args.min_area,
+        simplify=args.simplify,
+        vector_format=args.vector_format,
+        save_prob=args.save_prob,
+        tile_size=args.tile_size,
+        tile_overlap=args.tile_overlap,
+        progress=not args.quiet,
+    )
+    options.check()
     if args.jobs:
         if args.input or args.expression:
             raise GeoInputError("--jobs replaces --input/--expression; give one or the other")
@@ -241,26 +250,35 @@ def _prepare(args: argparse.Namespace) -> tuple[list[Job], tuple[int, ...] | Non
         jobs = jobs_from_args(args.input, args.expression)
     else:
         raise GeoInputError("give --input and --expression, or --jobs")
-    bands = parse_bands(args.bands)
-    percentiles = parse_percentiles(args.stretch_percentiles)
+    # One unreadable input among several is reported as its jobs fail; if none is readable, stop here.
+    problems = []
     for image in dict.fromkeys(job.image for job in jobs):
-        check_raster(image, bands)
-    return jobs, bands, percentiles
+        try:
+            check_raster(image, options.bands)
+        except GeoInputError as e:
+            problems.append(str(e))
+    if len(problems) == len({job.image for job in jobs}):
+        raise GeoInputError("; ".join(problems))
+    return jobs, options
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = get_parser()
     args = parser.parse_args(argv)
     try:
-        jobs, bands, percentiles = _prepare(args)
+        jobs, options = _prepare(args)
         partial = ["MODEL.ALLOW_PARTIAL_WEIGHTS", "True"] if args.allow_partial_weights else []
-        predict = build_predictor(args.config_file, args.weights, [*args.opts, *partial], args.device)
-        records = run_jobs(
-            jobs, predict, args.output_dir, bands, percentiles, args.threshold, args.min_area, args.save_prob
-        )
-    except GeoInputError as e:
+        predictor = build_predictor(args.config_file, args.weights, [*args.opts, *partial], args.device)
+    except (GeoInputError, ConfigError) as e:
         parser.error(str(e))
-    print(
-        f"Wrote {len(records)} prediction(s) to {args.output_dir} (list: predictions.jsonl)", file=sys.stderr
-    )
-    return 0
+    records = run_jobs(jobs, predictor, args.output_dir, options, quiet=args.quiet)
+    failed = sum("error" in r for r in records)
+    summary = f"Wrote {len(records) - failed} prediction(s) to {args.output_dir} (list: predictions.jsonl)"
+    if failed:
+        summary += f"; {failed} failed (their reasons are in predictions.jsonl)"
+    print(summary, file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -129,14 +129,17 @@ class CroBIM(nn.Module):
         return self.mid(features, lang, mask)  # Eq. 14-17
 
     def preprocess_images(self, batched_inputs: list[dict]) -> torch.Tensor:
-        """uint8 RGB (3,H,W) of any size -> normalized float (N,3,S,S)."""
+        """uint8 RGB (3,S,S) -> normalized float (N,3,S,S); other sizes are refused, not resized a second time."""
         images = []
         for x in batched_inputs:
-            image = x["image"].to(self.device).float()
-            if image.shape[-2:] != (self.image_size, self.image_size):
-                image = F.interpolate(
-                    image[None], size=(self.image_size,) * 2, mode="bilinear", align_corners=False
-                )[0]
+            image = x["image"]
+            if tuple(image.shape) != (3, self.image_size, self.image_size):
+                raise ValueError(
+                    f"CroBIM takes images of shape (3, {self.image_size}, {self.image_size}) "
+                    f"(INPUT.IMAGE_SIZE={self.image_size}), got {tuple(image.shape)}; prepare them with "
+                    "crobim_d2.data.prepare_test_input (RRSISDatasetMapper and RRSISPredictor do)."
+                )
+            image = image.to(self.device).float()
             images.append((image - self.pixel_mean) / self.pixel_std)
         return torch.stack(images)
 

@@ -24,6 +24,7 @@ from crobim_d2.data import load_gt_mask, read_image_rgb
 from crobim_d2.data.synrrsis import ensure_synrrsis
 from crobim_d2.evaluation import RRSISEvaluator
 from crobim_d2.precision import autocast_dtype, describe_cpu
+from crobim_d2.visualization import overlay_mask
 
 DEFAULT_CONFIG = os.path.join(
     os.path.dirname(os.path.abspath(__file__)), "configs", "synrrsis", "crobim_mobilenet_v2.yaml"
@@ -61,12 +62,7 @@ def register_control(test_name: str) -> None:
 
 def _highlight(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Dim everything outside the mask and outline it: visible whatever the object's color."""
-    out = image.astype(np.float32)
-    out[~mask] *= 0.35
-    out = out.astype(np.uint8)
-    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    cv2.drawContours(out, contours, -1, (255, 230, 0), 2)
-    return out
+    return overlay_mask(image, mask, tint_alpha=0.0, dim_outside=0.35, outline_width=2)
 
 
 def _text(tile: np.ndarray, lines: list[str]) -> np.ndarray:

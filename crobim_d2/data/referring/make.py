@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 from rasterio.transform import array_bounds
 from rasterio.warp import transform_bounds
+from rasterio.windows import Window as PixelWindow
 
 from ...geo.raster import DEFAULT_PERCENTILES, Scene, read_scene
 from .annotations import Instance, read_instances
@@ -114,7 +115,7 @@ def _footprint(scene: Scene) -> tuple | None:
     """(CRS, west, south, east, north) of a georeferenced raster."""
     if scene.crs is None:
         return None
-    return (scene.crs, *array_bounds(*scene.rgb.shape[:2], scene.transform))
+    return (scene.crs, *array_bounds(scene.height, scene.width, scene.transform))
 
 
 def _check_apart(name: str, footprint: tuple | None, earlier: dict[str, tuple]) -> None:
@@ -155,7 +156,8 @@ class _Writer:
         split, (x0, y0, x1, y1) = window.split, window.bounds
         name = f"{source.crop_name}_{x0}_{y0}"
         image = f"images/{split}/{name}.png"
-        Image.fromarray(scene.rgb[y0:y1, x0:x1]).save(os.path.join(self.out, image), compress_level=1)
+        rgb, _ = scene.read(PixelWindow(x0, y0, x1 - x0, y1 - y0))
+        Image.fromarray(rgb).save(os.path.join(self.out, image), compress_level=1)
         for target, spec, text in chosen:
             k, mask, _ = seen[target]
             inst = instances[k]
@@ -231,7 +233,7 @@ def make_referring(
         scene = read_scene(source.raster, params.bands, params.percentiles)
         footprint = _footprint(scene)
         _check_apart(source.crop_name, footprint, earlier)
-        height, width = scene.rgb.shape[:2]
+        height, width = scene.height, scene.width
         instances, drops = read_instances(source, (height, width), scene.crs, scene.transform)
         layout = source.layout or params.layout
         windows = split_windows(source.crop_name, height, width, layout, params.splits, params.seed)

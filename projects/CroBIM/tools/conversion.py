@@ -5,10 +5,9 @@ import os
 from collections.abc import Callable
 
 import torch
-from detectron2.config import get_cfg
 from detectron2.modeling import Backbone, build_backbone
 
-from crobim_d2 import add_crobim_config
+from crobim_d2.inference import load_inference_config
 
 MISMATCH = "The checkpoint does not match the backbone of --config-file/--opts; describe its architecture there"
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
@@ -28,11 +27,8 @@ def argument_parser(description: str, default_config: str) -> argparse.ArgumentP
 
 
 def build_target_backbone(config_file: str, opts: list[str]) -> Backbone:
-    cfg = get_cfg()
-    add_crobim_config(cfg)
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(opts)
-    return build_backbone(cfg)
+    # Only the architecture: MODEL.WEIGHTS of the config is often the file this tool is about to write.
+    return build_backbone(load_inference_config(config_file, opts, weights="", device="cpu"))
 
 
 def load_official(path: str) -> dict[str, torch.Tensor]:
