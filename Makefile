@@ -12,7 +12,7 @@ BUILD_ENV := FORCE_CUDA=1 CUDA_HOME=$(patsubst %/bin/nvcc,%,$(NVCC)) TORCH_CUDA_
 endif
 DEMO_OUTPUT ?= output/demo
 
-.PHONY: install test demo bench lint clean
+.PHONY: install test demo bench lint clean serve browser
 
 install: $(VENV)/.stamp-package
 
@@ -39,11 +39,22 @@ $(VENV)/.stamp-package: $(VENV)/.stamp-detectron2 setup.py $(wildcard csrc/*.cpp
 	$(BUILD_ENV) $(PIP) install -q --no-build-isolation --no-deps -e .
 	touch $@
 
-test: install
+test: install browser
 	$(PY) -m pytest tests
+
+# Debian's Chromium + chromedriver, driven by the browser test of crobim-serve (through apt, when missing).
+browser:
+	bash tools/install_browser.sh
 
 demo: install
 	$(PY) projects/CroBIM/demo_job.py --output-dir $(DEMO_OUTPUT)
+
+# The page of crobim-serve on the demo's model (SERVE_ARGS="--port 8000 --host 0.0.0.0" to change where).
+serve:
+	@test -f $(DEMO_OUTPUT)/config.yaml -a -f $(DEMO_OUTPUT)/model_final.pth || { echo "make serve: no demo \
+	model in $(DEMO_OUTPUT)/ (config.yaml, model_final.pth); run \`make demo\` first (it trains one)." >&2; exit 1; }
+	@$(MAKE) --no-print-directory install
+	$(VENV)/bin/crobim-serve --config-file $(DEMO_OUTPUT)/config.yaml --weights $(DEMO_OUTPUT)/model_final.pth $(SERVE_ARGS)
 
 bench: install
 	$(PY) benchmarks/msda.py

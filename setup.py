@@ -60,5 +60,6 @@ setup(
         "crobim-predict=crobim_d2.geo.cli:main",
         "crobim-check-dataset=crobim_d2.data.check:main",
         "crobim-make-referring=crobim_d2.data.referring.cli:main",
+        "crobim-serve=crobim_d2.serve.cli:main",
     ]},
 )

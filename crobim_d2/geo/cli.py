@@ -141,12 +141,8 @@ def build_predictor(
         raise GeoInputError(f"--weights: {e}") from None
 
 
-def get_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="crobim-predict",
-        description="Segment the object a referring expression describes in PNG/JPEG/TIFF/GeoTIFF scenes; "
-        "write georeferenced masks (GeoTIFF), previews (PNG) and polygons (GeoJSON or GeoPackage).",
-    )
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """``--config-file``, ``--weights``, ``--allow-partial-weights`` (crobim-predict's and crobim-serve's)."""
     p.add_argument("--config-file", required=True, help="CroBIM config YAML the checkpoint was trained with")
     p.add_argument("--weights", required=True, help="trained CroBIM checkpoint (.pth)")
     p.add_argument(
@@ -155,6 +151,15 @@ def get_parser() -> argparse.ArgumentParser:
         help="load a --weights that does not match the config, keeping only the matching parameters "
         "(the others stay random; by default a mismatch is an error)",
     )
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="crobim-predict",
+        description="Segment the object a referring expression describes in PNG/JPEG/TIFF/GeoTIFF scenes; "
+        "write georeferenced masks (GeoTIFF), previews (PNG) and polygons (GeoJSON or GeoPackage).",
+    )
+    add_model_arguments(p)
     p.add_argument(
         "--input",
         nargs="+",
