@@ -112,6 +112,7 @@ def test_bad_inputs_give_crobim_predicts_messages_with_the_file_name(tmp_path, m
     vrt.write_text(f'<VRTDataset rasterXSize="64" rasterYSize="48"><!-- {scene} --></VRTDataset>')
     cases = [
         ((None, "the pond"), {}, "No scene: upload a PNG, JPEG, TIFF or GeoTIFF file"),
+        ((str(tmp_path / "gone.png"), "the pond"), {}, "gone.png is no longer on the server"),
         ((str(notes), "the pond"), {}, "Cannot read notes.png (not a PNG, JPEG or TIFF file by its content)"),
         ((str(vrt), "the pond"), {}, "Cannot read other.vrt (not a PNG, JPEG or TIFF file"),
         (

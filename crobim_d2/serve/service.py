@@ -110,6 +110,10 @@ class SceneService:
         if not path:
             raise GeoInputError(f"No scene: upload {FORMATS_TEXT}, or pick an example")
         name = os.path.basename(path)
+        if not os.path.isfile(path):
+            raise GeoInputError(
+                f"{name} is no longer on the server (uploads are kept for a while); upload it again"
+            )
         size_mb = os.path.getsize(path) / 2**20
         if size_mb > self.max_upload_mb:
             raise GeoInputError(
