@@ -127,3 +127,6 @@ def add_crobim_config(cfg: CN) -> None:
     # Decode every image and mask of DATASETS.TRAIN and TEST once before training (crobim_d2/data/check.py):
     # an unreadable file stops the run before the first iteration instead of in the middle.
     cfg.DATASETS.CHECK_AT_START = True
+    # Repeat training records whose value of this field is rare (e.g. "template": the expression kind),
+    # each max(1, sqrt(DATALOADER.REPEAT_THRESHOLD / share of its value)) times per epoch; "" = uniform.
+    cfg.DATALOADER.REPEAT_BY_FIELD = ""

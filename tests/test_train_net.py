@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from crobim_d2.data import register_rrsis_dataset
+from crobim_d2.data.samplers import repeat_factors_by_field
 from crobim_d2.data.synrrsis import SynRRSISParams, generate_synrrsis
 from crobim_d2.engine import build_lr_scheduler, check_config, get_param_groups, launch
 
@@ -190,3 +191,31 @@ def test_warmup_poly_lr(warmup):
         assert lrs[5][0] == pytest.approx(0.1 * 1e-3 + (poly(10) - 0.1 * 1e-3) * 0.5)
     else:
         assert lrs[0][0] == pytest.approx(1e-3)
+
+
+def test_repeat_by_field_repeats_rare_kinds():
+    records = [{"template": "color"}] * 8 + [{"template": "relative"}] * 2
+    factors = repeat_factors_by_field(records, "template", 0.5)
+    assert factors[:8].tolist() == [1.0] * 8  # share 0.8 > 0.5: never repeated
+    assert factors[8].item() == pytest.approx((0.5 / 0.2) ** 0.5)
+    with pytest.raises(ValueError, match="REPEAT_BY_FIELD='kind'.*10 of 10"):
+        repeat_factors_by_field(records, "kind", 0.5)
+    with pytest.raises(ValueError, match="REPEAT_THRESHOLD"):
+        repeat_factors_by_field(records, "template", 0.0)
+
+
+def test_repeat_by_field_trains(data_root, tmp_path, monkeypatch):
+    used = []
+
+    class Spy(train_net.RepeatFactorTrainingSampler):
+        def __init__(self, factors, **kwargs):
+            used.append(factors)
+            super().__init__(factors, **kwargs)
+
+    monkeypatch.setattr(train_net, "RepeatFactorTrainingSampler", Spy)
+    opts = ["DATALOADER.REPEAT_BY_FIELD", "template", "DATALOADER.REPEAT_THRESHOLD", "0.9", "SOLVER.MAX_ITER", "2"]
+    trainer = train_net.Trainer(train_net.setup(parse(output_dir=str(tmp_path), opts=opts)))
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    assert len(used) == 1 and used[0].max() > 1.0  # the tiny dataset's rarer kinds are repeated
+    assert os.path.isfile(tmp_path / "model_final.pth")

@@ -12,7 +12,12 @@ import weakref
 
 import torch
 from detectron2.config import CfgNode, get_cfg
-from detectron2.data import build_detection_test_loader, build_detection_train_loader
+from detectron2.data import (
+    build_detection_test_loader,
+    build_detection_train_loader,
+    get_detection_dataset_dicts,
+)
+from detectron2.data.samplers import RepeatFactorTrainingSampler
 from detectron2.engine import DefaultTrainer, TrainerBase, default_argument_parser
 from detectron2.evaluation import DatasetEvaluator, verify_results
 from detectron2.utils import comm
@@ -22,6 +27,7 @@ from crobim_d2 import add_crobim_config
 from crobim_d2.checkpoint import CroBIMCheckpointer
 from crobim_d2.data import RRSISDatasetMapper
 from crobim_d2.data.check import check_datasets_at_start
+from crobim_d2.data.samplers import repeat_factors_by_field
 from crobim_d2.engine import (
     build_lr_scheduler,
     build_optimizer,
@@ -75,7 +81,13 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg: CfgNode):
-        return build_detection_train_loader(cfg, mapper=RRSISDatasetMapper(cfg, is_train=True))
+        mapper = RRSISDatasetMapper(cfg, is_train=True)
+        if not cfg.DATALOADER.REPEAT_BY_FIELD:
+            return build_detection_train_loader(cfg, mapper=mapper)
+        dataset = get_detection_dataset_dicts(cfg.DATASETS.TRAIN, filter_empty=False)
+        factors = repeat_factors_by_field(dataset, cfg.DATALOADER.REPEAT_BY_FIELD, cfg.DATALOADER.REPEAT_THRESHOLD)
+        sampler = RepeatFactorTrainingSampler(factors)
+        return build_detection_train_loader(cfg, mapper=mapper, dataset=dataset, sampler=sampler)
 
     @classmethod
     def build_test_loader(cls, cfg: CfgNode, dataset_name: str):
