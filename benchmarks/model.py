@@ -62,7 +62,7 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
 
 
-def build(config: str, msda_impl: str = "auto"):
+def build(config: str, msda_impl: str = "auto", opts: list | tuple = ()):
     import torch
     from detectron2.config import get_cfg
     from detectron2.modeling import build_model
@@ -72,6 +72,7 @@ def build(config: str, msda_impl: str = "auto"):
     cfg = get_cfg()
     add_crobim_config(cfg)
     cfg.merge_from_file(config)
+    cfg.merge_from_list(list(opts))
     cfg.MODEL.WEIGHTS = ""
     cfg.MODEL.TEXT_ENCODER.WEIGHTS = ""
     cfg.MODEL.DEVICE = "cpu"
