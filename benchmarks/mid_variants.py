@@ -11,8 +11,8 @@ Each variant computes the same function as the module it replaces (the max |diff
   msda_proj  the sampling offsets and attention weights of MSDeformAttn as one (D -> 3 M L P) product
   input_proj the 1x1 projections of Eq. 14 reading the NCHW features through a transposed view (batched
              matmul) instead of copying each level to tokens first
-``--whole`` also times the decoder with vis_cross, lang_cross, ffn and input_proj replaced, forward (inference)
-and forward+backward. Prints a table; writes JSON with ``--output``. This measures proposals; nothing here is
+``--whole`` also times the decoder with vis_cross, ffn and input_proj replaced (lang_cross's variant is slower
+on one thread), forward (inference) and forward+backward. Prints a table; writes JSON with ``--output``. This measures proposals; nothing here is
 used by the model.
 
     python benchmarks/mid_variants.py [--threads 2] [--repeats 15] [--batch 1] [--whole]
@@ -100,12 +100,14 @@ def fused_msda_proj(msda, q):
     return F.linear(q, w, b).split([msda.sampling_offsets.out_features, msda.attention_weights.out_features], -1)
 
 
-def patch(mid):
-    """A copy of ``mid`` with vis_cross, lang_cross, the FFNs and the input projections replaced."""
+def patch(mid, lang_cross: bool = False):
+    """A copy of ``mid`` with vis_cross, the FFNs and the input projections replaced (``lang_cross`` too when
+    asked: the pieces' comparison times it)."""
     new = copy.deepcopy(mid)
     for layer in new.layers:
         layer.vis_cross.forward = types.MethodType(folded_vis_cross, layer.vis_cross)
-        layer.lang_cross.forward = types.MethodType(gemm_lang_cross, layer.lang_cross)
+        if lang_cross:
+            layer.lang_cross.forward = types.MethodType(gemm_lang_cross, layer.lang_cross)
         for ffn in (layer.vis_ffn, layer.lang_ffn):
             ffn.forward = types.MethodType(inplace_ffn, ffn)
     for proj in new.input_proj:
@@ -174,7 +176,7 @@ def main() -> None:
     vis, words = torch.randn(n, s, 256, generator=g), torch.randn(n, TOKENS, 256, generator=g)
     key_mask = mask.bool()
     new = patch(mid)
-    new_layer = new.layers[0]
+    new_layer = patch(mid, lang_cross=True).layers[0]
     x_level = features[0].flatten(2).transpose(1, 2)
     print(f"MID pieces, batch {n}, {s} V_ms tokens, {TOKENS} language tokens, {args.threads} threads, "
           f"median of {args.repeats} interleaved; CPU {torch.backends.cpu.get_cpu_capability()}")
