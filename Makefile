@@ -12,7 +12,7 @@ BUILD_ENV := FORCE_CUDA=1 CUDA_HOME=$(patsubst %/bin/nvcc,%,$(NVCC)) TORCH_CUDA_
 endif
 DEMO_OUTPUT ?= output/demo
 
-.PHONY: install test demo bench lint clean serve browser
+.PHONY: install test demo bench lint clean serve browser gpu-bundle
 
 install: $(VENV)/.stamp-package
 
@@ -59,6 +59,11 @@ serve:
 bench: install
 	$(PY) benchmarks/msda.py
 	$(PY) benchmarks/model.py
+
+# What benchmarks/gpu_check.sh needs on a GPU machine without network (wheels, detectron2's source); no venv.
+GPU_BUNDLE ?= .gpu-bundle
+gpu-bundle:
+	PYTHON=$(PYTHON) bash benchmarks/gpu_bundle.sh $(GPU_BUNDLE)
 
 lint: install
 	$(VENV)/bin/ruff check crobim_d2 projects tests benchmarks datasets tools

@@ -1,25 +1,26 @@
-"""CroBIM model benchmark on CPU at 480x480 with random weights (Swin-B and ConvNeXt-B configs).
+"""CroBIM against its floor on the CPU at 480x480 with random weights (Swin-B and ConvNeXt-B configs).
 
-Measures parameters, inference seconds per image (float32 and bfloat16 autocast), peak memory, a batch-2
-training step (forward, loss, backward; float32, and under bfloat16 autocast as SOLVER.AMP.ENABLED does on
-the CPU), the share of inference time in backbone / text encoder / CAPM / LGFA / MID, deformable-attention impl "auto" against "pytorch", and the mean IoU between the bfloat16 and
-float32 masks. Every measurement runs with ``CPU_MALLOC_REUSE`` (the default, as train_net.py and
-crobim-predict apply it) except ``train_no_malloc_reuse``, the float32 training step with glibc's default
-allocator behaviour, for comparison. Each (config, measurement) runs in its own subprocess so that its peak RSS
-(``resource.getrusage``) is its own; "peak MiB" is the growth of the peak RSS over the built model's.
+The floor is what any model built on the same encoders must spend: the timm backbone alone
+(``swin_base_patch4_window12_384`` at 480 / ``convnext_base``) plus BERT-base alone on the expression's
+tokens. Each measurement times CroBIM and the floor interleaved, repeat after repeat, in one process, so that
+both see the same CPU load; the ratio is the median of the per-repeat ratios. The issue's goals: inference
+<= 1.25x the floor, a batch-2 training step (forward, loss, backward) <= 1.2x.
+
+Modes (each in its own subprocess, so that its peak RSS is its own; "peak MiB" is the growth of the peak RSS
+over the built models'):
+  infer_float32 / infer_bfloat16     batch 1; bfloat16 = MODEL.CROBIM.INFERENCE_DTYPE, the floor under the same
+                                     autocast (BERT runs in float32 in both, as CroBIM's text encoder does);
+                                     also the share of CroBIM's time in backbone / text encoder / CAPM / LGFA / MID
+  train_float32 / train_bfloat16     batch 2; bfloat16 = CPU autocast, as SOLVER.AMP.ENABLED does on the CPU
+  infer_msda_pytorch                 infer_float32 with the grid_sample reference of the deformable attention
+  train_no_malloc_reuse              train_float32 without CPU_MALLOC_REUSE (glibc's default allocator)
+  agreement                          mean IoU of bfloat16 vs float32 masks on smooth random images
+The bfloat16 modes and agreement run by default only where the CPU has native bfloat16
+(crobim_d2.precision.cpu_has_native_bf16). The table names the CPU capability; with ATEN_CPU_CAPABILITY /
+ONEDNN_MAX_CPU_ISA / MKL_ENABLE_INSTRUCTIONS set (e.g. avx2 on an AVX-512 machine) it says "emulated".
 
     .venv/bin/python benchmarks/model.py                       # both configs, 2 threads
-    .venv/bin/python benchmarks/model.py --configs swin_b --modes infer_float32 infer_bfloat16 train
-
-The machine's own matrix-multiply speed (float32 and bfloat16 GFLOP/s of a 2048^3 matmul) is measured after
-each measurement and reported next to the issue's reference machine (210 / 900): the time goals were set on
-that machine and scale with it.
-
-Inputs for the agreement check are smooth random images (low-resolution noise, upsampled) with random
-expressions: with random weights the masks are arbitrary but deterministic, so the IoU measures how far
-bfloat16 moves the decision boundary. Timings are noisy on shared CPUs: each inference run also times the timm
-backbone alone, interleaved, and reports CroBIM's time relative to it ("ratio") and that ratio times the
-backbone's idle-machine time ("idle estimate"); the load average after each measurement goes into the JSON.
+    .venv/bin/python benchmarks/model.py --configs swin_b --modes infer_float32 train_float32
 """
 
 import argparse
@@ -27,6 +28,7 @@ import json
 import math
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -35,26 +37,24 @@ CONFIGS = {
     "swin_b": "projects/CroBIM/configs/rrsisd/crobim_swin_b.yaml",
     "convnext_b": "projects/CroBIM/configs/rrsisd/crobim_convnext_b.yaml",
 }
-# timm backbones timed alongside CroBIM: (timm name, kwargs, s/image fp32 and bf16 on an idle machine with
-# 2 threads, as measured for the issue). CroBIM's time over the backbone's, measured interleaved, times the
-# idle-machine backbone time estimates CroBIM's idle-machine time when other jobs share the CPUs.
-REFERENCES = {
-    "swin_b": ("swin_base_patch4_window12_384", {"img_size": 480}, {"float32": 1.11, "bfloat16": 0.44}),
-    "convnext_b": ("convnext_base", {}, {"float32": 0.76, "bfloat16": 0.24}),
+# The timm model of each config's backbone, for the floor.
+FLOOR_BACKBONES = {
+    "swin_b": ("swin_base_patch4_window12_384", {"img_size": 480}),
+    "convnext_b": ("convnext_base", {}),
 }
 COMPONENTS = ("backbone", "text_encoder", "capm", "lgfa", "mid")
 MODES = (
     "infer_float32",
     "infer_bfloat16",
-    "infer_msda_pytorch",
-    "train",
+    "train_float32",
     "train_bfloat16",
+    "infer_msda_pytorch",
     "train_no_malloc_reuse",
     "agreement",
 )
-# Matrix-multiply throughput that the issue's goals were measured against (GFLOP/s, 2 threads): the goals
-# scale with this machine's own (``gemm`` in the JSON), which varies between machines and over time.
-REFERENCE_GEMM = {"float32": 210.0, "bfloat16": 900.0}
+DEFAULT_MODES = ("infer_float32", "infer_bfloat16", "train_float32", "train_bfloat16", "agreement")
+BF16_MODES = ("infer_bfloat16", "train_bfloat16", "agreement")
+EMULATION_VARIABLES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
 GEMM_SIZE = 2048
 
 
@@ -62,13 +62,13 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
 
 
-def build(config: str, msda_impl: str = "auto"):
+def build(config: str, msda_impl: str = "auto", opts: list | tuple = ()):
     import torch
     from detectron2.modeling import build_model
 
     from crobim_d2.inference import load_inference_config
 
-    opts = ["MODEL.TEXT_ENCODER.WEIGHTS", "", "MODEL.CROBIM.MSDA_IMPL", msda_impl]
+    opts = ["MODEL.TEXT_ENCODER.WEIGHTS", "", "MODEL.CROBIM.MSDA_IMPL", msda_impl, *opts]
     cfg = load_inference_config(config, opts, weights="", device="cpu")
     torch.manual_seed(0)
     return build_model(cfg), cfg
@@ -116,65 +116,123 @@ def time_components(model) -> dict:
     return totals
 
 
-def build_reference(config: str):
-    import timm
+class Floor:
+    """The timm backbone and BERT-base alone: random images of CroBIM's input size and CroBIM's expression
+    tokens; BERT in float32, as CroBIM's text encoder runs it."""
 
-    name, kwargs, _ = REFERENCES[config]
-    return timm.create_model(name, pretrained=False, num_classes=0, **kwargs).eval()
+    def __init__(self, config: str, cfg, inputs: list):
+        import timm
+        import torch
+        from transformers import BertConfig, BertModel
+
+        name, kwargs = FLOOR_BACKBONES[config]
+        torch.manual_seed(1)
+        self.backbone = timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
+        self.bert = BertModel(BertConfig(), add_pooling_layer=False)
+        s = cfg.INPUT.IMAGE_SIZE
+        self.images = torch.randn(len(inputs), 3, s, s)
+        self.tokens = torch.stack([x["lang_tokens"] for x in inputs])
+        self.mask = torch.stack([x["lang_mask"] for x in inputs])
+
+    def train(self, mode: bool) -> None:
+        self.backbone.train(mode)
+        self.bert.train(mode)
+
+    def __call__(self, dtype, backward: bool) -> dict:
+        """Seconds of the backbone and of BERT (forward, and backward of a mean when ``backward``)."""
+        import torch
+
+        seconds = {}
+        start = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
+            features = self.backbone.forward_features(self.images)
+        if backward:
+            features.float().mean().backward()
+        seconds["backbone"] = time.perf_counter() - start
+        start = time.perf_counter()
+        hidden = self.bert(input_ids=self.tokens, attention_mask=self.mask).last_hidden_state
+        if backward:
+            hidden.mean().backward()
+            self.backbone.zero_grad(set_to_none=True)
+            self.bert.zero_grad(set_to_none=True)
+        seconds["bert"] = time.perf_counter() - start
+        return seconds
 
 
-def run_inference(model, cfg, dtype: str, repeats: int, reference, reference_seconds: float) -> dict:
-    """CroBIM and the timm backbone alone, timed interleaved so that both see the same CPU load."""
-    import torch
-
-    model.inference_dtype = dtype
-    inputs = make_inputs(cfg, 1, seed=0)
-    x = torch.randn(1, 3, cfg.INPUT.IMAGE_SIZE, cfg.INPUT.IMAGE_SIZE)
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16")
-    with torch.inference_mode():
-        for _ in range(2):  # warm-up: oneDNN builds its bf16 kernels for each new shape on first use
-            model(inputs)
-            with autocast:
-                reference.forward_features(x)
-        totals = time_components(model)
-        elapsed = elapsed_ref = 0.0
-        for _ in range(repeats):
-            start = time.perf_counter()
-            model(inputs)
-            mid = time.perf_counter()
-            with autocast:
-                reference.forward_features(x)
-            elapsed += mid - start
-            elapsed_ref += time.perf_counter() - mid
-    result = {"seconds_per_image": elapsed / repeats, "backbone_alone_seconds": elapsed_ref / repeats}
-    result["ratio_to_backbone_alone"] = elapsed / elapsed_ref
-    result["idle_estimate_seconds"] = result["ratio_to_backbone_alone"] * reference_seconds
-    result["share"] = {k: v / elapsed for k, v in totals.items()}
-    result["share"]["other"] = 1.0 - sum(result["share"].values())
+def interleaved(crobim_step, floor_step, repeats: int) -> dict:
+    """Median seconds of CroBIM's step, the floor's parts and their sum, and the median per-repeat ratio."""
+    rows, crobim_all = [], []
+    for i in range(repeats + 1):  # the first round warms up (oneDNN kernels per shape, allocator)
+        start = time.perf_counter()
+        crobim_step()
+        crobim_all.append(time.perf_counter() - start)
+        floor = floor_step()
+        if i:
+            rows.append({"crobim": crobim_all[-1], **floor, "floor": sum(floor.values())})
+    result = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
+    result["crobim_seconds_all_rounds"] = sum(crobim_all)
+    result["ratio"] = statistics.median(r["crobim"] / r["floor"] for r in rows)
+    result["ratios"] = [r["crobim"] / r["floor"] for r in rows]
     return result
 
 
-def run_train(model, cfg, repeats: int, dtype: str = "float32") -> dict:
+def count_gflop(model, floor: Floor, inputs: list) -> dict:
+    """Forward GFLOP (matrix products, convolutions, attention) of CroBIM and of the floor's parts: the ratio
+    the measured one is up against at equal arithmetic efficiency."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counts = {}
+    for name, fn in (("crobim", lambda: model(inputs)), ("backbone", lambda: floor.backbone.forward_features(
+            floor.images)), ("bert", lambda: floor.bert(input_ids=floor.tokens, attention_mask=floor.mask))):
+        counter = FlopCounterMode(display=False)
+        with counter:  # autograd on: the counter's module tracker fails under no_grad and inference_mode
+            fn()
+        counts[name] = counter.get_total_flops() / 1e9
+    counts["ratio"] = counts["crobim"] / (counts["backbone"] + counts["bert"])
+    return counts
+
+
+def run_inference(model, cfg, config: str, dtype: str, repeats: int) -> dict:
+    import torch
+
+    model.eval()
+    model.inference_dtype = dtype
+    inputs = make_inputs(cfg, 1, seed=0)
+    floor = Floor(config, cfg, inputs)
+    floor.train(False)
+    with torch.inference_mode():
+        model(inputs)  # warm-up outside the component times
+        totals = time_components(model)
+        result = interleaved(lambda: model(inputs), lambda: floor(dtype, backward=False), repeats)
+    total = result.pop("crobim_seconds_all_rounds")  # the rounds the hooks timed
+    result["share"] = {k: v / total for k, v in totals.items()}
+    result["share"]["other"] = 1.0 - sum(result["share"].values())  # pre/post-processing
+    result["gflop"] = count_gflop(model, floor, inputs)
+    return result
+
+
+def run_train(model, cfg, config: str, dtype: str, repeats: int) -> dict:
     """Forward, loss and backward of a batch of 2; ``bfloat16``: under CPU autocast, as SOLVER.AMP does."""
     import torch
 
     model.train()
     inputs = make_inputs(cfg, 2, seed=1, train=True)
-    times = []
-    for _ in range(repeats + 1):  # first step is warm-up
-        start = time.perf_counter()
+    floor = Floor(config, cfg, inputs)
+    floor.train(True)
+
+    def step():
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
             losses = model(inputs)
         sum(losses.values()).backward()
         model.zero_grad(set_to_none=True)
-        times.append(time.perf_counter() - start)
-    return {"seconds_per_step": sum(times[1:]) / repeats, "batch": 2, "dtype": dtype}
+
+    result = interleaved(step, lambda: floor(dtype, backward=True), repeats)
+    del result["crobim_seconds_all_rounds"]
+    return {"batch": 2, **result}
 
 
 def measure_gemm(repeats: int = 5) -> dict:
     """GFLOP/s of a square matmul in float32 and bfloat16 at the worker's thread count (median of repeats)."""
-    import statistics
-
     import torch
 
     out = {}
@@ -193,6 +251,7 @@ def measure_gemm(repeats: int = 5) -> dict:
 def run_agreement(model, cfg, n: int) -> dict:
     import torch
 
+    model.eval()
     ious, pixel_agree = [], []
     with torch.inference_mode():
         for i in range(n):
@@ -221,23 +280,21 @@ def worker(args) -> dict:
 
     model, cfg = build(CONFIGS[args.config], "pytorch" if args.mode == "infer_msda_pytorch" else "auto")
     malloc_reuse = args.mode != "train_no_malloc_reuse" and apply_cpu_malloc_reuse(cfg)
-    model.eval()
-    dtype = "bfloat16" if args.mode in ("infer_bfloat16", "train_bfloat16") else "float32"
-    reference = build_reference(args.config) if args.mode.startswith("infer") else None
+    dtype = "bfloat16" if args.mode.endswith("bfloat16") else "float32"
     built_rss = peak_rss_mib()
-    result = {"config": args.config, "mode": args.mode, "model_rss_mib": built_rss, "malloc_reuse": malloc_reuse}
+    result = {"config": args.config, "mode": args.mode, "dtype": dtype, "malloc_reuse": malloc_reuse,
+              "load_average_before": os.getloadavg()[0]}
     result["params_m"] = {k: sum(p.numel() for p in getattr(model, k).parameters()) / 1e6 for k in COMPONENTS}
     result["params_m"]["total"] = sum(p.numel() for p in model.parameters()) / 1e6
     if args.mode.startswith("infer"):
-        reference_seconds = REFERENCES[args.config][2][dtype]
-        result.update(run_inference(model, cfg, dtype, args.repeats, reference, reference_seconds))
+        result.update(run_inference(model, cfg, args.config, dtype, args.repeats))
     elif args.mode.startswith("train"):
-        result.update(run_train(model, cfg, args.train_repeats, dtype))
+        result.update(run_train(model, cfg, args.config, dtype, args.train_repeats))
     else:
         result.update(run_agreement(model, cfg, args.num_agreement))
     result["peak_mib"] = peak_rss_mib() - built_rss
-    result["minor_page_faults"] = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     result["gemm_gflops"] = measure_gemm()  # the CPU's speed right after the measurement
+    result["load_average_after"] = os.getloadavg()[0]
     return result
 
 
@@ -250,59 +307,57 @@ def spawn(args, config: str, mode: str) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
-def fmt(x: float, digits: int = 2) -> str:
+def cpu_line(threads: int) -> str:
+    from crobim_d2.precision import describe_cpu
+
+    emulated = [f"{k}={os.environ[k]}" for k in EMULATION_VARIABLES if os.environ.get(k)]
+    note = f" (emulated: {' '.join(emulated)})" if emulated else ""
+    return f"{describe_cpu()}{note}, {threads} threads"
+
+
+def fmt(x: float | None, digits: int = 2) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
 
-def print_table(results: dict) -> None:
-    print(
-        "| config | params (M) | train s/step (b=2) fp32 / bf16 autocast / fp32 without CPU_MALLOC_REUSE | peak MiB infer fp32 / bf16 / train "
-        "| bf16 vs fp32 IoU (n) | GEMM GFLOP/s fp32 / bf16 |"
-    )
-    print("|---|---|---|---|---|---|")
+def print_table(results: dict, cpu: str) -> None:
+    print(f"CPU: {cpu}")
+    print("| config | measurement | CroBIM s | backbone alone s | BERT alone s | floor s | ratio (goal) | "
+          "FLOP ratio | peak MiB | load avg | GEMM GFLOP/s fp32 / bf16 |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    goals = {"infer": 1.25, "train": 1.2}
     for name, r in results.items():
-        fp, bf, tr, tb, tn, ag = (
-            r.get(m, {})
-            for m in ("infer_float32", "infer_bfloat16", "train", "train_bfloat16", "train_no_malloc_reuse", "agreement")
-        )
-        params = next((x["params_m"]["total"] for x in r.values()), None)
-        peaks = " / ".join(fmt(x.get("peak_mib"), 0) for x in (fp, bf, tr))
-        iou = f"{fmt(ag.get('mean_iou'), 4)} ({ag.get('num_inputs', '-')})"
-        gemm = [x["gemm_gflops"] for x in r.values()]
-        gemm = " / ".join(fmt(min(g[k] for g in gemm), 0) + "-" + fmt(max(g[k] for g in gemm), 0) for k in REFERENCE_GEMM)
-        steps = " / ".join(fmt(x.get("seconds_per_step")) for x in (tr, tb, tn))
-        print(f"| {name} | {fmt(params, 1)} | {steps} | {peaks} | {iou} | {gemm} |")
-    print(f"(GEMM: {GEMM_SIZE}^3 matmul right after each measurement; the issue's machine: "
-          f"{REFERENCE_GEMM['float32']:.0f} / {REFERENCE_GEMM['bfloat16']:.0f})")
-    print()
-    print(
-        "| config | inference | s/img | timm backbone alone s/img | ratio | idle estimate s/img | "
-        + " | ".join(COMPONENTS)
-        + " | other |"
-    )
-    print("|---|---|---|---|---|---|" + "---|" * (len(COMPONENTS) + 1))
-    labels = {"infer_float32": "fp32", "infer_bfloat16": "bf16", "infer_msda_pytorch": "fp32, MSDA pytorch"}
+        for mode, x in r.items():
+            if "ratio" not in x:
+                continue
+            goal = goals[mode.split("_")[0]]
+            gemm = " / ".join(fmt(x["gemm_gflops"][k], 0) for k in ("float32", "bfloat16"))
+            load = f"{x['load_average_before']:.1f}-{x['load_average_after']:.1f}"
+            print(f"| {name} | {mode} | {fmt(x['crobim'])} | {fmt(x['backbone'])} | {fmt(x['bert'])} | "
+                  f"{fmt(x['floor'])} | {fmt(x['ratio'])} ({goal}) | {fmt(x.get('gflop', {}).get('ratio'), 3)} | "
+                  f"{fmt(x['peak_mib'], 0)} | {load} | {gemm} |")
+    shares = [(n, m, x["share"]) for n, r in results.items() for m, x in r.items() if "share" in x]
+    if shares:
+        print("\n| config | inference | " + " | ".join(COMPONENTS) + " | other |")
+        print("|---|---|" + "---|" * (len(COMPONENTS) + 1))
+        for name, mode, share in shares:
+            cells = " | ".join(f"{100 * share[k]:.0f}%" for k in (*COMPONENTS, "other"))
+            print(f"| {name} | {mode} | {cells} |")
     for name, r in results.items():
-        for mode, label in labels.items():
-            if mode in r:
-                x = r[mode]
-                cells = " | ".join(f"{100 * x['share'][k]:.0f}%" for k in (*COMPONENTS, "other"))
-                print(
-                    f"| {name} | {label} | {fmt(x['seconds_per_image'])} | {fmt(x['backbone_alone_seconds'])} "
-                    f"| {fmt(x['ratio_to_backbone_alone'])} | {fmt(x['idle_estimate_seconds'])} | {cells} |"
-                )
+        if "agreement" in r:
+            a = r["agreement"]
+            print(f"{name}: bfloat16 vs float32 masks, mean IoU {a['mean_iou']:.4f} (min {a['min_iou']:.3f}) "
+                  f"over {a['num_inputs']} inputs")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
-    parser.add_argument(
-        "--modes", nargs="+", choices=list(MODES),
-        help="default: all, without the bfloat16 ones on a CPU that has no native bfloat16 (crobim_d2.precision)",
-    )
+    parser.add_argument("--modes", nargs="+", choices=list(MODES),
+                        help=f"default: {' '.join(DEFAULT_MODES)}, without {' '.join(BF16_MODES)} on a CPU "
+                        "without native bfloat16")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=3, help="timed inference runs after one warm-up")
-    parser.add_argument("--train-repeats", type=int, default=2, help="timed training steps after one warm-up")
+    parser.add_argument("--repeats", type=int, default=5, help="timed inference rounds after one warm-up")
+    parser.add_argument("--train-repeats", type=int, default=3, help="timed training rounds after one warm-up")
     parser.add_argument("--num-agreement", type=int, default=200, help="inputs for the bf16/fp32 mask IoU")
     parser.add_argument("--output", default="output/benchmarks/model.json")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -312,25 +367,23 @@ def main() -> None:
     if args.worker:
         print(json.dumps(worker(args)))
         return
-    from crobim_d2.precision import cpu_has_native_bf16, describe_cpu
+    from crobim_d2.precision import cpu_has_native_bf16
 
     if args.modes is None:
         native = cpu_has_native_bf16()
-        args.modes = [m for m in MODES if native or m not in ("infer_bfloat16", "train_bfloat16", "agreement")]
+        args.modes = [m for m in DEFAULT_MODES if native or m not in BF16_MODES]
     results = {}
     for config in args.configs:
         results[config] = {}
         for mode in args.modes:
             start = time.perf_counter()
             results[config][mode] = spawn(args, config, mode)
-            results[config][mode]["load_average_after"] = os.getloadavg()[0]  # other jobs sharing the CPUs
             print(f"# {config} {mode}: {time.perf_counter() - start:.0f} s", file=sys.stderr)
-    print(f"CPU: {describe_cpu()}, {args.threads} threads")
-    print_table(results)
+    cpu = cpu_line(args.threads)
+    print_table(results, cpu)
     os.makedirs(os.path.dirname(args.output) or ".", exist_ok=True)
     settings = {k: getattr(args, k) for k in ("threads", "repeats", "train_repeats", "num_agreement")}
-    settings["cpu_count"] = os.cpu_count()
-    settings["cpu"] = describe_cpu()
+    settings.update(cpu_count=os.cpu_count(), cpu=cpu)
     from crobim_d2.modeling import ops
 
     settings["msda_extension"] = ops.extension_info()

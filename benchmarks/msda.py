@@ -7,7 +7,8 @@ samples a few pixels around it (``--locations uniform`` spreads them over the wh
 CPU: batch 2 at ``--threads`` threads (2 by default), forward (no grad) and forward+backward, median of
 ``--repeats`` runs. With a GPU also the CUDA kernel (float32, float16, bfloat16) vs the reference (float32) at
 batch 32 and the achieved bandwidth over the compulsory traffic (every input read once, every output written
-once). Prints a table and writes JSON (``--output``). Timings are not asserted: this is not a test.
+once), also as a share of the card's device-to-device copy bandwidth measured in the same run. Prints a table
+and writes JSON (``--output``). Timings are not asserted: this is not a test.
 
     python benchmarks/msda.py [--threads 2] [--repeats 5] [--output output/benchmarks/msda.json]
 """
@@ -93,7 +94,24 @@ def compulsory_bytes(inputs, backward: bool) -> int:
     return 2 * fwd + out + value.numel() * value.element_size() + loc.numel() * loc.element_size() + attn.numel() * attn.element_size()
 
 
-def run(device: str, batch: int, dtypes, args) -> list:
+def copy_bandwidth_gbps(gib: int = 2, repeats: int = 10) -> float:
+    """The GPU's device-to-device copy rate, counting bytes read and written (median of ``repeats``)."""
+    src = torch.randn(gib * 2**28, device="cuda")  # random, not zeros: float32, ``gib`` GiB
+    dst = torch.empty_like(src)
+    times = []
+    for i in range(repeats + 3):  # 3 warm-ups
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        dst.copy_(src)
+        end.record()
+        end.synchronize()
+        if i >= 3:
+            times.append(start.elapsed_time(end) / 1e3)
+    assert torch.equal(dst, src)
+    return 2 * src.numel() * src.element_size() / statistics.median(times) / 1e9
+
+
+def run(device: str, batch: int, dtypes, args, copy_gbps: float | None = None) -> list:
     rows = []
     ref_inputs = make_inputs(batch, args.locations, device, torch.float32)
     ref = {p: time_op(ms_deform_attn_pytorch, ref_inputs, device, args.repeats, p) for p in (False, True)}
@@ -108,6 +126,7 @@ def run(device: str, batch: int, dtypes, args) -> list:
             row[f"{phase}_speedup"] = ref[backward] / ms
             if device == "cuda":
                 row[f"{phase}_gbps"] = compulsory_bytes(inputs, backward) / ms / 1e6
+                row[f"{phase}_copy_share"] = row[f"{phase}_gbps"] / copy_gbps
         rows.append(row)
         del inputs
     return rows
@@ -128,22 +147,27 @@ def main() -> None:
         print(f"warning: {info['import_error']}; 'kernel' rows time the reference. Run `make install`.")
     torch.set_num_threads(args.threads)
     rows = [] if args.skip_cpu else run("cpu", args.batch, [torch.float32], args)
-    if torch.cuda.is_available():
-        rows += run("cuda", args.cuda_batch, [torch.float32, torch.float16, torch.bfloat16], args)
+    copy_gbps = copy_bandwidth_gbps() if torch.cuda.is_available() else None
+    if copy_gbps is not None:
+        rows += run("cuda", args.cuda_batch, [torch.float32, torch.float16, torch.bfloat16], args, copy_gbps)
 
-    header = f"{'device':6} {'impl':8} {'dtype':9} {'batch':>5} {'fwd ms':>9} {'x':>6} {'fwd+bwd ms':>11} {'x':>6} {'GB/s fwd/bwd':>13}"
+    header = f"{'device':6} {'impl':8} {'dtype':9} {'batch':>5} {'fwd ms':>9} {'x':>6} {'fwd+bwd ms':>11} {'x':>6} {'GB/s fwd/bwd':>13} {'% copy':>8}"
     print(f"MSDeformAttn, levels {LEVELS}, M={HEADS} P={POINTS} C={CHANNELS}, {args.locations} locations, "
           f"{args.threads} CPU threads, median of {args.repeats}")
+    if copy_gbps is not None:
+        print(f"GPU copy bandwidth (read + write): {copy_gbps:.0f} GB/s; '% copy' is fwd/fwd+bwd against it")
     print(header)
     for r in rows:
         gbps = f"{r['fwd_gbps']:.0f}/{r['fwd_bwd_gbps']:.0f}" if "fwd_gbps" in r else ""
+        share = f"{100 * r['fwd_copy_share']:.0f}/{100 * r['fwd_bwd_copy_share']:.0f}" if "fwd_gbps" in r else ""
         print(f"{r['device']:6} {r['impl']:8} {r['dtype']:9} {r['batch']:>5} {r['fwd_ms']:9.1f} "
-              f"{r.get('fwd_speedup', 1.0):6.2f} {r['fwd_bwd_ms']:11.1f} {r.get('fwd_bwd_speedup', 1.0):6.2f} {gbps:>13}")
+              f"{r.get('fwd_speedup', 1.0):6.2f} {r['fwd_bwd_ms']:11.1f} {r.get('fwd_bwd_speedup', 1.0):6.2f} {gbps:>13} {share:>8}")
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     result = {
         "levels": LEVELS, "heads": HEADS, "points": POINTS, "channels": CHANNELS, "locations": args.locations,
         "threads": args.threads, "repeats": args.repeats, "torch": torch.__version__, "extension": info,
-        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None, "rows": rows,
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None, "copy_gbps": copy_gbps,
+        "rows": rows,
     }
     with open(args.output, "w") as f:
         json.dump(result, f, indent=2)

@@ -23,7 +23,6 @@ import urllib.parse
 import urllib.request
 import zipfile
 
-from .make import ReferringParams, make_referring
 from .source import CropLayout, Source
 from .store import build_once, may_build, read_info, refuse_foreign
 
@@ -50,7 +49,9 @@ WHEELS = {  # name: (version, sha256, members used)
 # of 200 px; crops of a block overlap so the few objects appear at several positions.
 BUILDING_LAYOUT = CropLayout(crop_size=256, stride=22, block_size=300)
 TREE_LAYOUT = CropLayout(crop_size=128, stride=36, block_size=200)
-PARAMS = ReferringParams(expressions_per_crop=4, seed=0)
+# ReferringParams(**PARAMS): kept as keywords so that importing crobim_d2 (which registers realrs_*) does not
+# import the maker and, with it, rasterio, shapely and GDAL, which only a build needs.
+PARAMS = {"expressions_per_crop": 4, "seed": 0}
 
 logger = logging.getLogger(__name__)
 
@@ -149,8 +150,10 @@ def build_realrs(root: str, cache_dir: str | None = None, force: bool = True) ->
     Returns the content of ``info.json``."""
 
     def build(tmp: str) -> dict:
+        from .make import ReferringParams, make_referring
+
         samples = fetch_samples(cache_dir or os.path.join(root, ".realrs-cache"))
-        info = make_referring(realrs_sources(samples), tmp, PARAMS)
+        info = make_referring(realrs_sources(samples), tmp, ReferringParams(**PARAMS))
         for source in info["sources"]:  # name the files by their wheel, not by this machine's cache path
             for key in ("raster", "annotations"):
                 member = os.path.relpath(source[key], samples)

@@ -1,0 +1,214 @@
+"""MID at the paper's size (480x480 input: 19,125 V_ms tokens, 24 language tokens) against exact
+reformulations of its pieces, timed side by side, interleaved, in one process.
+
+Each variant computes the same function as the module it replaces (the max |difference| to it is printed):
+  vis_cross  V_ms reading the few language tokens (Eq. 16), folded like LGFA's fusion: per head
+             Q_m K_m^T = X (W_q,m^T K_m^T) + b_q,m K_m^T and P_m V_m W_o,m^T, so two (S x D) by (D x M*T)
+             products replace the query and output projections of the S tokens and the attention kernel
+  lang_cross the language tokens reading V_ms (Eq. 15, already without key/value projections): the M*Q x S
+             scores and their softmax as two matrix products instead of the flash-attention kernel
+  ffn        the FFN over 2D tokens with the ReLU in place (not on a view, so autograd needs no copy)
+  msda_proj  the sampling offsets and attention weights of MSDeformAttn as one (D -> 3 M L P) product
+  input_proj the 1x1 projections of Eq. 14 reading the NCHW features through a transposed view (batched
+             matmul) instead of copying each level to tokens first
+``--whole`` also times the decoder with vis_cross, ffn and input_proj replaced (lang_cross's variant is slower
+on one thread), forward (inference) and forward+backward. Prints a table; writes JSON with ``--output``. This measures proposals; nothing here is
+used by the model.
+
+    python benchmarks/mid_variants.py [--threads 2] [--repeats 15] [--batch 1] [--whole]
+"""
+import argparse
+import copy
+import json
+import os
+import statistics
+import sys
+import time
+import types
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from crobim_d2.modeling.mid import MutualInteractionDecoder
+
+LEVELS = [(120, 120), (60, 60), (30, 30), (15, 15)]
+CHANNELS = [128, 256, 512, 1024]  # Swin-B's stages, as LGFA returns them
+TEXT_DIM, TOKENS = 768, 24  # BERT-base; 20 words + 4 prompts
+
+
+def folded_vis_cross(self, query, key, value, key_mask=None):
+    """Attention.forward for many queries over few keys (key is value here, as in MID)."""
+    n, s, d = query.shape
+    m, t = self.num_heads, key.shape[1]
+    h = d // m
+    k = self.k(key).view(n, t, m, h)  # (N, T, M, h)
+    v = self.v(value).view(n, t, m, h)
+    w_q = self.q.weight.view(m, h, d)
+    scale = h**-0.5
+    a = torch.einsum("ntmh,mhd->nmtd", k, w_q).reshape(n, m * t, d) * scale  # rows (m, t): K_m W_q,m
+    c = torch.einsum("ntmh,mh->nmt", k, self.q.bias.view(m, h)).reshape(n, 1, m * t) * scale
+    scores = torch.baddbmm(c, query, a.transpose(1, 2)).view(n, s, m, t)
+    if key_mask is not None:
+        scores = scores.masked_fill(~key_mask[:, None, None, :], float("-inf"))
+    p = scores.softmax(-1).view(n, s, m * t)
+    if self.training and self.dropout:
+        p = F.dropout(p, self.dropout)
+    b = torch.einsum("ntmh,emh->nmte", v, self.out.weight.view(d, m, h)).reshape(n, m * t, d)  # V_m W_o,m^T
+    return torch.baddbmm(self.out.bias, p.to(b.dtype), b)
+
+
+def gemm_lang_cross(self, query, key, value, key_mask=None):
+    """Attention.forward with few_queries and fp32 (MID's lang_cross), softmax(Q K^T) V as two bmm."""
+    n, _, d = query.shape
+    m = self.num_heads
+    q = self.q(query).view(n, -1, m, d // m).transpose(1, 2)
+    with torch.autocast(query.device.type, enabled=False):
+        w_k = self.k.weight.view(m, d // m, d).float()
+        w_v = self.v.weight.view(m, d // m, d).float()
+        q_abs = torch.einsum("nmqe,med->nmqd", q.float(), w_k).flatten(1, 2) * (d // m) ** -0.5
+        scores = torch.bmm(q_abs, key.float().transpose(1, 2))
+        if key_mask is not None:
+            scores = scores.masked_fill(~key_mask[:, None, :], float("-inf"))
+        p = scores.softmax(-1)
+        if self.training and self.dropout:
+            p = F.dropout(p, self.dropout)
+        mixed = torch.bmm(p, value.float()).view(n, m, -1, d)
+        out = torch.einsum("nmqd,med->nmqe", mixed, w_v) + self.v.bias.view(m, 1, d // m).float()
+    return self.out(out.transpose(1, 2).flatten(2).to(query.dtype))
+
+
+def inplace_ffn(self, x):
+    """FFN (Linear, ReLU, Dropout, Linear) on (N*S, D) rows with ReLU in place."""
+    fc1, _, drop, fc2 = self
+    hidden = torch.addmm(fc1.bias, x.reshape(-1, x.shape[-1]), fc1.weight.t()).relu_()
+    return fc2(drop(hidden)).view(*x.shape[:-1], -1)
+
+
+def transposed_linear(self, x):
+    """Linear.forward on a transposed (N, H*W, C) view without copying it."""
+    return torch.baddbmm(self.bias, x, self.weight.t().expand(x.shape[0], -1, -1))
+
+
+def separate_msda_proj(msda, q):
+    return msda.sampling_offsets(q), msda.attention_weights(q)
+
+
+def fused_msda_proj(msda, q):
+    w = torch.cat([msda.sampling_offsets.weight, msda.attention_weights.weight])
+    b = torch.cat([msda.sampling_offsets.bias, msda.attention_weights.bias])
+    return F.linear(q, w, b).split([msda.sampling_offsets.out_features, msda.attention_weights.out_features], -1)
+
+
+def patch(mid, lang_cross: bool = False):
+    """A copy of ``mid`` with vis_cross, the FFNs and the input projections replaced (``lang_cross`` too when
+    asked: the pieces' comparison times it)."""
+    new = copy.deepcopy(mid)
+    for layer in new.layers:
+        layer.vis_cross.forward = types.MethodType(folded_vis_cross, layer.vis_cross)
+        if lang_cross:
+            layer.lang_cross.forward = types.MethodType(gemm_lang_cross, layer.lang_cross)
+        for ffn in (layer.vis_ffn, layer.lang_ffn):
+            ffn.forward = types.MethodType(inplace_ffn, ffn)
+    for proj in new.input_proj:
+        proj[0].forward = types.MethodType(transposed_linear, proj[0])
+    return new
+
+
+def make_inputs(batch: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    features = [torch.randn(batch, c, h, w, generator=g) for c, (h, w) in zip(CHANNELS, LEVELS)]
+    lang = torch.randn(batch, TOKENS, TEXT_DIM, generator=g)
+    mask = torch.ones(batch, TOKENS, dtype=torch.long)
+    mask[:, 9:20] = 0  # a 9-token expression padded to 20, then the 4 prompts
+    return features, lang, mask
+
+
+def timed(fn, backward: bool) -> float:
+    start = time.perf_counter()
+    if backward:
+        out = fn()
+        sum(o.float().sum() for o in (out if isinstance(out, tuple) else (out,))).backward()
+    else:
+        with torch.inference_mode():
+            fn()
+    return time.perf_counter() - start
+
+
+def compare(name: str, base, variant, repeats: int, backward: bool = False) -> dict:
+    """Interleaved medians of two zero-argument callables and the max |difference| of their outputs."""
+    with torch.no_grad():
+        a, b = base(), variant()
+    a, b = (x if isinstance(x, tuple) else (x,) for x in (a, b))
+    diff = max((x.float() - y.float()).abs().max().item() for x, y in zip(a, b))
+    scale = max(x.float().abs().max().item() for x in a)
+    times = {"base": [], "variant": []}
+    for i in range(repeats + 1):
+        for key, fn in (("base", base), ("variant", variant)) if i % 2 else (("variant", variant), ("base", base)):
+            t = timed(fn, backward)
+            if i:
+                times[key].append(t)
+    row = {"piece": name, "backward": backward, "max_abs_diff": diff, "max_abs": scale}
+    row.update({f"{k}_ms": 1e3 * statistics.median(v) for k, v in times.items()})
+    row["ratios"] = [v / b for v, b in zip(times["variant"], times["base"])]
+    row["speedup"] = 1 / statistics.median(row["ratios"])
+    print(f"{name:12s} {'fwd+bwd' if backward else 'fwd':8s} {row['base_ms']:9.1f} {row['variant_ms']:9.1f} "
+          f"{row['speedup']:7.2f}x  max|diff| {diff:.1e} (of {scale:.1e})", flush=True)
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--whole", action="store_true", help="also the whole decoder, forward and fwd+bwd")
+    parser.add_argument("--output", default="output/benchmarks/mid_variants.json")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    mid = MutualInteractionDecoder(in_channels=CHANNELS, text_dim=TEXT_DIM)
+    mid.eval()
+    features, lang, mask = make_inputs(args.batch)
+    layer, n = mid.layers[0], args.batch
+    s = sum(h * w for h, w in LEVELS)
+    g = torch.Generator().manual_seed(1)
+    vis, words = torch.randn(n, s, 256, generator=g), torch.randn(n, TOKENS, 256, generator=g)
+    key_mask = mask.bool()
+    new = patch(mid)
+    new_layer = patch(mid, lang_cross=True).layers[0]
+    x_level = features[0].flatten(2).transpose(1, 2)
+    print(f"MID pieces, batch {n}, {s} V_ms tokens, {TOKENS} language tokens, {args.threads} threads, "
+          f"median of {args.repeats} interleaved; CPU {torch.backends.cpu.get_cpu_capability()}")
+    print(f"{'piece':12s} {'pass':8s} {'base ms':>9s} {'new ms':>9s} {'speedup':>8s}")
+    rows = []
+    for backward in (False, True):
+        if backward:
+            for t in (vis, words):
+                t.requires_grad_(True)
+        rows += [
+            compare("vis_cross", lambda: layer.vis_cross(vis, words, words, key_mask),
+                    lambda: new_layer.vis_cross(vis, words, words, key_mask), args.repeats, backward),
+            compare("lang_cross", lambda: layer.lang_cross(words, vis, vis),
+                    lambda: new_layer.lang_cross(words, vis, vis), args.repeats, backward),
+            compare("ffn", lambda: layer.vis_ffn(vis), lambda: new_layer.vis_ffn(vis), args.repeats, backward),
+            compare("msda_proj", lambda: separate_msda_proj(layer.msda, vis),
+                    lambda: fused_msda_proj(layer.msda, vis), args.repeats, backward),
+            compare("input_proj", lambda: mid.input_proj[0](x_level), lambda: new.input_proj[0](x_level),
+                    args.repeats, backward),
+        ]
+    if args.whole:
+        rows.append(compare("MID", lambda: mid(features, lang, mask), lambda: new(features, lang, mask),
+                            args.repeats))
+        mid.train(), new.train()
+        rows.append(compare("MID", lambda: mid(features, lang, mask), lambda: new(features, lang, mask),
+                            max(3, args.repeats // 3), backward=True))
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    with open(args.output, "w") as f:
+        json.dump({"threads": args.threads, "batch": n, "cpu": torch.backends.cpu.get_cpu_capability(),
+                   "load_average": os.getloadavg(), "rows": rows}, f, indent=2)
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+"""The arithmetic of the benchmarks (benchmarks/model.py, benchmarks/gpu_model.py), not their timings."""
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
+import gpu_model
+import model as model_bench
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_interleaved_ratio_is_the_median_of_per_round_ratios(monkeypatch):
+    clock = FakeClock()
+    monkeypatch.setattr(model_bench.time, "perf_counter", clock)
+    crobim = iter([9.0, 2.0, 5.0, 4.0])  # the first round is the warm-up
+    floor = iter([{"backbone": 1.0, "bert": 1.0}, {"backbone": 2.0, "bert": 0.0},
+                  {"backbone": 1.5, "bert": 0.5}, {"backbone": 1.0, "bert": 0.0}])
+
+    def crobim_step():
+        clock.now += next(crobim)
+
+    result = model_bench.interleaved(crobim_step, lambda: next(floor), repeats=3)
+    assert result["ratios"] == [1.0, 2.5, 4.0]
+    assert result["ratio"] == 2.5  # the ratio of the medians would be 4.0 / 2.0
+    assert result["crobim"] == 4.0 and result["floor"] == 2.0 and result["backbone"] == 1.5
+    assert result["crobim_seconds_all_rounds"] == 20.0
+
+
+def test_cpu_line_says_emulated(monkeypatch):
+    for k in model_bench.EMULATION_VARIABLES:
+        monkeypatch.delenv(k, raising=False)
+    assert "emulated" not in model_bench.cpu_line(2)
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
+    line = model_bench.cpu_line(2)
+    assert "emulated: ATEN_CPU_CAPABILITY=avx2" in line and line.endswith("2 threads")
+
+
+def test_choose_batch_fits_a_line_through_the_probes():
+    probes = [{"batch": 4, "peak_mib": 10_000.0}, {"batch": 8, "peak_mib": 14_000.0}]  # 1000 MiB per image
+    # fixed 6000 MiB + AdamW moments 2 * 1000; 80% of 100_000 MiB leaves 72 images -> 72
+    assert gpu_model.choose_batch(probes, param_mib=1000.0, total_mib=100_000.0, max_batch=256) == 72
+    assert gpu_model.choose_batch(probes, param_mib=1000.0, total_mib=100_000.0, max_batch=64) == 64
+    assert gpu_model.choose_batch(probes, param_mib=1000.0, total_mib=12_000.0, max_batch=256) == 8  # at least 8
+    assert gpu_model.choose_batch(probes, param_mib=1000.0, total_mib=None, max_batch=6) == 6  # no GPU
+
+
+@pytest.mark.parametrize("shares,expected", [([0.6, 0.9], True), ([0.3, 0.4], False), ([], None)])
+def test_msda_goal(shares, expected):
+    rows = [{"impl": "kernel", "fwd_bwd_copy_share": s} for s in shares]
+    report = {"msda": {"rows": rows} if rows else None, "train": [{"dtype": "bfloat16", "images_per_s": 120.0}]}
+    assert gpu_model.goals_met(report) == {"msda_fwd_bwd_copy_share": expected, "train_bf16_images_per_s": True}
