@@ -106,6 +106,8 @@ def test_demo_job_writes_metrics_and_picture(tmp_path):
     ])
     saved = json.loads((out / "metrics.json").read_text())
     assert saved == json.loads(json.dumps(metrics))
+    curve = [json.loads(line) for line in (out / demo_job.TRAINING_CURVE).read_text().splitlines()]
+    assert curve and all("iteration" in row for row in curve)  # Detectron2's log, not overwritten
     assert set(saved["test"]) >= {"mIoU", "oIoU"} and set(saved["language_blind_control"]) >= {"mIoU", "oIoU"}
     assert saved["num_test_expressions"] == len(DatasetCatalog.get("demo_tiny_test"))
     assert saved["wall_time_s"]["train_and_eval"] > 0

