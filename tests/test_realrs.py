@@ -12,7 +12,6 @@ import sys
 import zipfile
 
 import cv2
-
 import numpy as np
 import pytest
 from _geo_helpers import tiny_checkpoint
