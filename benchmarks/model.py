@@ -232,11 +232,16 @@ def run_train(model, cfg, config: str, dtype: str, repeats: int) -> dict:
 
 
 def measure_gemm(repeats: int = 5) -> dict:
-    """GFLOP/s of a square matmul in float32 and bfloat16 at the worker's thread count (median of repeats)."""
+    """GFLOP/s of a square matmul in float32 and bfloat16 at the worker's thread count (median of repeats).
+
+    bfloat16 only where the CPU runs it natively (else None): emulated, the probe alone takes minutes."""
     import torch
 
-    out = {}
-    for name, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
+    from crobim_d2.precision import cpu_has_native_bf16
+
+    out = {"bfloat16": None}
+    dtypes = (("float32", torch.float32), ("bfloat16", torch.bfloat16))
+    for name, dtype in dtypes if cpu_has_native_bf16() else dtypes[:1]:
         a, b = (torch.randn(GEMM_SIZE, GEMM_SIZE).to(dtype) for _ in range(2))
         a @ b
         times = []
