@@ -14,6 +14,7 @@ import zipfile
 import cv2
 import numpy as np
 import pytest
+import rasterio
 from _geo_helpers import tiny_checkpoint
 from _wheels import CACHE
 from rasterio.io import MemoryFile
@@ -169,7 +170,15 @@ def test_largest_building_on_the_spacenet_scene(wheel_cache, tmp_path):
     overlay = cv2.imread(result["overlay"])
     assert outlined.shape == overlay.shape
     changed = np.any(outlined != overlay, axis=2)
-    # The outline of one building: some pixels, drawn in green, in a small part of the scene.
-    assert 20 < changed.sum() < 0.05 * changed.size
-    blue, green, red = outlined[changed].astype(int).T
-    assert ((green > blue) & (green > red)).mean() > 0.9
+    # The outline of the largest footprint, in green, and nowhere else: every changed pixel lies within a few
+    # pixels of the footprint's box in the scene (the overlay has the scene's size).
+    assert (outlined[changed] == (0, 200, 0)).all(axis=1).sum() > 20
+    labels = os.path.join(realrs.fetch_samples(wheel_cache), "solaris", "data", "geotiff_labels.geojson")
+    truth = tool.largest(tool.read_polygons(labels))
+    with rasterio.open(os.path.join(os.path.dirname(labels), "sample_geotiff.tif")) as src:
+        assert overlay.shape[:2] == (src.height, src.width)
+        corners = [~src.transform * xy for xy in box(*truth.bounds).exterior.coords]
+    cols, rows = zip(*corners)
+    ys, xs = np.nonzero(changed)
+    assert min(cols) - 4 <= xs.min() and xs.max() <= max(cols) + 4
+    assert min(rows) - 4 <= ys.min() and ys.max() <= max(rows) + 4
