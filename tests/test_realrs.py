@@ -173,9 +173,9 @@ def test_largest_building_on_the_spacenet_scene(wheel_cache, tmp_path):
     # The outline of the largest footprint, in green, and nowhere else: every changed pixel lies within a few
     # pixels of the footprint's box in the scene (the overlay has the scene's size).
     assert (outlined[changed] == (0, 200, 0)).all(axis=1).sum() > 20
-    labels = os.path.join(realrs.fetch_samples(wheel_cache), "solaris", "data", "geotiff_labels.geojson")
+    scene, labels = tool.scene_files(wheel_cache)
     truth = tool.largest(tool.read_polygons(labels))
-    with rasterio.open(os.path.join(os.path.dirname(labels), "sample_geotiff.tif")) as src:
+    with rasterio.open(scene) as src:
         assert overlay.shape[:2] == (src.height, src.width)
         corners = [~src.transform * xy for xy in box(*truth.bounds).exterior.coords]
     cols, rows = zip(*corners)

@@ -14,14 +14,16 @@ import json
 import os
 
 import cv2
-import numpy as np
 import rasterio
 import shapely
+from rasterio.features import rasterize
+from rasterio.transform import Affine
 from shapely.geometry import shape
 
 from crobim_d2.data.referring.realrs import fetch_samples
 from crobim_d2.geo import cli
 from crobim_d2.geo.pipeline import default_name
+from crobim_d2.visualization import overlay_mask
 
 
 def iou(predicted: list, truth) -> float:
@@ -39,17 +41,23 @@ def largest(geometries: list):
 
 
 def outline_truth(overlay_path: str, scene_path: str, truth, out_path: str) -> None:
-    """Draws ``truth`` (a polygon in the scene's CRS) in green on the overlay, scaled to the overlay's size."""
+    """Outlines ``truth`` (a polygon in the scene's CRS) in green on the overlay, rasterised at the overlay's
+    size and drawn by the project's overlay painter."""
     image = cv2.imread(overlay_path, cv2.IMREAD_COLOR)
     if image is None:
         raise SystemExit(f"Cannot read the overlay {overlay_path}; crobim-predict should have written it.")
+    height, width = image.shape[:2]
     with rasterio.open(scene_path) as src:
-        inverse, width, height = ~src.transform, src.width, src.height
-    scale = np.array([image.shape[1] / width, image.shape[0] / height])
-    for polygon in getattr(truth, "geoms", [truth]):
-        points = np.array([inverse * xy for xy in polygon.exterior.coords]) * scale
-        cv2.polylines(image, [np.round(points).astype(np.int32)], True, (0, 200, 0), 2, cv2.LINE_AA)
-    cv2.imwrite(out_path, image)
+        transform = src.transform * Affine.scale(src.width / width, src.height / height)
+    mask = rasterize([truth], out_shape=(height, width), transform=transform).astype(bool)
+    outlined = overlay_mask(image[..., ::-1], mask, tint_alpha=0, outline_width=2, outline_color=(0, 200, 0))
+    cv2.imwrite(out_path, outlined[..., ::-1])
+
+
+def scene_files(cache: str) -> tuple[str, str]:
+    """The SpaceNet scene and its footprints (GeoJSON in the scene's CRS) from the solaris samples."""
+    data = os.path.join(fetch_samples(cache), "solaris", "data")
+    return os.path.join(data, "sample_geotiff.tif"), os.path.join(data, "geotiff_labels.geojson")
 
 
 def read_polygons(path: str) -> list:
@@ -67,9 +75,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides KEY VALUE ...")
     args = parser.parse_args(argv)
 
-    cache = os.path.join(args.datasets_root, ".realrs-cache")
-    data = os.path.join(fetch_samples(cache), "solaris", "data")
-    scene, labels = os.path.join(data, "sample_geotiff.tif"), os.path.join(data, "geotiff_labels.geojson")
+    scene, labels = scene_files(os.path.join(args.datasets_root, ".realrs-cache"))
     code = cli.main([
         "--config-file", args.config_file, "--weights", args.weights, "--input", scene,
         "--expression", args.expression, "--output-dir", args.output_dir, "--quiet",
