@@ -1,19 +1,21 @@
-"""MID at the paper's size (480x480 input: 19,125 V_ms tokens, 24 language tokens) against exact
-reformulations of its pieces, timed side by side, interleaved, in one process.
+"""MID at the paper's size (480x480 input: 19,125 V_ms tokens, 24 language tokens): the model's exact
+reformulations of its pieces against the plain forms they replaced, and one proposal, timed side by side,
+interleaved, in one process.
 
-Each variant computes the same function as the module it replaces (the max |difference| to it is printed):
-  vis_cross  V_ms reading the few language tokens (Eq. 16), folded like LGFA's fusion: per head
-             Q_m K_m^T = X (W_q,m^T K_m^T) + b_q,m K_m^T and P_m V_m W_o,m^T, so two (S x D) by (D x M*T)
-             products replace the query and output projections of the S tokens and the attention kernel
-  lang_cross the language tokens reading V_ms (Eq. 15, already without key/value projections): the M*Q x S
-             scores and their softmax as two matrix products instead of the flash-attention kernel
-  ffn        the FFN over 2D tokens with the ReLU in place (not on a view, so autograd needs no copy)
-  msda_proj  the sampling offsets and attention weights of MSDeformAttn as one (D -> 3 M L P) product
-  input_proj the 1x1 projections of Eq. 14 reading the NCHW features through a transposed view (batched
-             matmul) instead of copying each level to tokens first
-``--whole`` also times the decoder with vis_cross, ffn and input_proj replaced (lang_cross's variant is slower
-on one thread), forward (inference) and forward+backward. Prints a table; writes JSON with ``--output``. This measures proposals; nothing here is
-used by the model.
+Each pair computes the same function (the max |difference| is printed):
+  vis_cross  V_ms reading the few language tokens (Eq. 16). Model: Attention(few_keys=True), the query and
+             output projections folded through the words, two (S x D) by (D x M*T) products. Plain: project
+             the S queries, attention kernel, project the S outputs.
+  ffn        Model: the FFN over one (N*S, D) matrix with the ReLU in place. Plain: nn.Sequential.
+  msda_proj  Model: MSDeformAttn's sampling offsets and attention weights as one (D -> 3 M L P) product.
+             Plain: two nn.Linear.
+  input_proj Model: the 1x1 projections of Eq. 14 reading the NCHW features through a transposed view.
+             Plain: nn.Linear on a token copy of each level.
+  lang_cross proposal, not in the model: the language tokens reading V_ms (Eq. 15) with the M*Q x S scores
+             and their softmax as two matrix products instead of the flash-attention kernel.
+``--whole`` also times the whole decoder, model against plain (vis_cross, ffn and input_proj in their plain
+forms; msda_proj is the model's in both), forward (inference) and forward+backward. Prints a table; writes
+JSON with ``--output``. "speedup" is plain (or model, for the proposal) time over the other's.
 
     python benchmarks/mid_variants.py [--threads 2] [--repeats 15] [--batch 1] [--whole]
 """
@@ -25,37 +27,18 @@ import statistics
 import sys
 import time
 import types
+from unittest import mock
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from crobim_d2.modeling.mid import MutualInteractionDecoder
+from crobim_d2.modeling import mid as mid_module
+from crobim_d2.modeling.mid import MutualInteractionDecoder, project_tokens
 
 LEVELS = [(120, 120), (60, 60), (30, 30), (15, 15)]
 CHANNELS = [128, 256, 512, 1024]  # Swin-B's stages, as LGFA returns them
 TEXT_DIM, TOKENS = 768, 24  # BERT-base; 20 words + 4 prompts
-
-
-def folded_vis_cross(self, query, key, value, key_mask=None):
-    """Attention.forward for many queries over few keys (key is value here, as in MID)."""
-    n, s, d = query.shape
-    m, t = self.num_heads, key.shape[1]
-    h = d // m
-    k = self.k(key).view(n, t, m, h)  # (N, T, M, h)
-    v = self.v(value).view(n, t, m, h)
-    w_q = self.q.weight.view(m, h, d)
-    scale = h**-0.5
-    a = torch.einsum("ntmh,mhd->nmtd", k, w_q).reshape(n, m * t, d) * scale  # rows (m, t): K_m W_q,m
-    c = torch.einsum("ntmh,mh->nmt", k, self.q.bias.view(m, h)).reshape(n, 1, m * t) * scale
-    scores = torch.baddbmm(c, query, a.transpose(1, 2)).view(n, s, m, t)
-    if key_mask is not None:
-        scores = scores.masked_fill(~key_mask[:, None, None, :], float("-inf"))
-    p = scores.softmax(-1).view(n, s, m * t)
-    if self.training and self.dropout:
-        p = F.dropout(p, self.dropout)
-    b = torch.einsum("ntmh,emh->nmte", v, self.out.weight.view(d, m, h)).reshape(n, m * t, d)  # V_m W_o,m^T
-    return torch.baddbmm(self.out.bias, p.to(b.dtype), b)
 
 
 def gemm_lang_cross(self, query, key, value, key_mask=None):
@@ -78,16 +61,8 @@ def gemm_lang_cross(self, query, key, value, key_mask=None):
     return self.out(out.transpose(1, 2).flatten(2).to(query.dtype))
 
 
-def inplace_ffn(self, x):
-    """FFN (Linear, ReLU, Dropout, Linear) on (N*S, D) rows with ReLU in place."""
-    fc1, _, drop, fc2 = self
-    hidden = torch.addmm(fc1.bias, x.reshape(-1, x.shape[-1]), fc1.weight.t()).relu_()
-    return fc2(drop(hidden)).view(*x.shape[:-1], -1)
-
-
-def transposed_linear(self, x):
-    """Linear.forward on a transposed (N, H*W, C) view without copying it."""
-    return torch.baddbmm(self.bias, x, self.weight.t().expand(x.shape[0], -1, -1))
+def plain_input_proj(proj, feature):
+    return proj(feature.flatten(2).transpose(1, 2))
 
 
 def separate_msda_proj(msda, q):
@@ -100,18 +75,27 @@ def fused_msda_proj(msda, q):
     return F.linear(q, w, b).split([msda.sampling_offsets.out_features, msda.attention_weights.out_features], -1)
 
 
-def patch(mid, lang_cross: bool = False):
-    """A copy of ``mid`` with vis_cross, the FFNs and the input projections replaced (``lang_cross`` too when
-    asked: the pieces' comparison times it)."""
+def plain(mid):
+    """A copy of ``mid`` with vis_cross, the FFNs and the input projections in their plain forms."""
     new = copy.deepcopy(mid)
     for layer in new.layers:
-        layer.vis_cross.forward = types.MethodType(folded_vis_cross, layer.vis_cross)
-        if lang_cross:
-            layer.lang_cross.forward = types.MethodType(gemm_lang_cross, layer.lang_cross)
+        layer.vis_cross.few_keys = False
         for ffn in (layer.vis_ffn, layer.lang_ffn):
-            ffn.forward = types.MethodType(inplace_ffn, ffn)
-    for proj in new.input_proj:
-        proj[0].forward = types.MethodType(transposed_linear, proj[0])
+            ffn.forward = types.MethodType(torch.nn.Sequential.forward, ffn)
+    new.forward = types.MethodType(plain_forward, new)
+    return new
+
+
+def plain_forward(self, features, lang, lang_mask):
+    with mock.patch.object(mid_module, "project_tokens", plain_input_proj):
+        return MutualInteractionDecoder.forward(self, features, lang, lang_mask)
+
+
+def proposal(mid):
+    """A copy of ``mid`` with the GEMM lang_cross."""
+    new = copy.deepcopy(mid)
+    for layer in new.layers:
+        layer.lang_cross.forward = types.MethodType(gemm_lang_cross, layer.lang_cross)
     return new
 
 
@@ -175,33 +159,34 @@ def main() -> None:
     g = torch.Generator().manual_seed(1)
     vis, words = torch.randn(n, s, 256, generator=g), torch.randn(n, TOKENS, 256, generator=g)
     key_mask = mask.bool()
-    new = patch(mid)
-    new_layer = patch(mid, lang_cross=True).layers[0]
-    x_level = features[0].flatten(2).transpose(1, 2)
+    old, other = plain(mid), proposal(mid)
+    old_layer, other_layer = old.layers[0], other.layers[0]
+    x_level = features[0]
     print(f"MID pieces, batch {n}, {s} V_ms tokens, {TOKENS} language tokens, {args.threads} threads, "
           f"median of {args.repeats} interleaved; CPU {torch.backends.cpu.get_cpu_capability()}")
-    print(f"{'piece':12s} {'pass':8s} {'base ms':>9s} {'new ms':>9s} {'speedup':>8s}")
+    print(f"{'piece':12s} {'pass':8s} {'base ms':>9s} {'new ms':>9s} {'speedup':>8s}  (base: plain; "
+          "for lang_cross, the model)")
     rows = []
     for backward in (False, True):
         if backward:
             for t in (vis, words):
                 t.requires_grad_(True)
         rows += [
-            compare("vis_cross", lambda: layer.vis_cross(vis, words, words, key_mask),
-                    lambda: new_layer.vis_cross(vis, words, words, key_mask), args.repeats, backward),
+            compare("vis_cross", lambda: old_layer.vis_cross(vis, words, words, key_mask),
+                    lambda: layer.vis_cross(vis, words, words, key_mask), args.repeats, backward),
             compare("lang_cross", lambda: layer.lang_cross(words, vis, vis),
-                    lambda: new_layer.lang_cross(words, vis, vis), args.repeats, backward),
-            compare("ffn", lambda: layer.vis_ffn(vis), lambda: new_layer.vis_ffn(vis), args.repeats, backward),
+                    lambda: other_layer.lang_cross(words, vis, vis), args.repeats, backward),
+            compare("ffn", lambda: old_layer.vis_ffn(vis), lambda: layer.vis_ffn(vis), args.repeats, backward),
             compare("msda_proj", lambda: separate_msda_proj(layer.msda, vis),
                     lambda: fused_msda_proj(layer.msda, vis), args.repeats, backward),
-            compare("input_proj", lambda: mid.input_proj[0](x_level), lambda: new.input_proj[0](x_level),
-                    args.repeats, backward),
+            compare("input_proj", lambda: plain_input_proj(mid.input_proj[0], x_level),
+                    lambda: project_tokens(mid.input_proj[0], x_level), args.repeats, backward),
         ]
     if args.whole:
-        rows.append(compare("MID", lambda: mid(features, lang, mask), lambda: new(features, lang, mask),
+        rows.append(compare("MID", lambda: old(features, lang, mask), lambda: mid(features, lang, mask),
                             args.repeats))
-        mid.train(), new.train()
-        rows.append(compare("MID", lambda: mid(features, lang, mask), lambda: new(features, lang, mask),
+        mid.train(), old.train()
+        rows.append(compare("MID", lambda: old(features, lang, mask), lambda: mid(features, lang, mask),
                             max(3, args.repeats // 3), backward=True))
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     with open(args.output, "w") as f:

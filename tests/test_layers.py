@@ -61,6 +61,77 @@ def test_few_query_attention_equals_projected_attention(with_mask):
     assert torch.allclose(few(query, key, value, mask), expected, atol=1e-12)
 
 
+def few_key_pair(tokens_dim: int = 64, heads: int = 8, dropout: float = 0.0) -> tuple[Attention, Attention]:
+    torch.manual_seed(0)
+    folded = Attention(tokens_dim, heads, dropout, few_keys=True).double()
+    projected = Attention(tokens_dim, heads, dropout).double()
+    with torch.no_grad():
+        for p in folded.parameters():
+            p.normal_(std=0.3)
+    projected.load_state_dict(folded.state_dict(), strict=True)
+    return folded, projected
+
+
+@pytest.mark.parametrize("with_mask", [False, True])
+def test_few_key_attention_equals_projected_attention(with_mask, monkeypatch):
+    """MID's visual tokens reading the words fold the query and output projections through the few keys
+    (Attention.few_keys): same output and gradients as projecting the queries, without the attention kernel."""
+    folded, projected = few_key_pair()
+    query = torch.randn(2, 40, 64, dtype=torch.double, requires_grad=True)
+    words = torch.randn(2, 6, 64, dtype=torch.double, requires_grad=True)  # 6 * (8 - 1) < 64: folded
+    mask = torch.tensor([[1, 1, 1, 0, 0, 1], [1, 1, 1, 1, 1, 1]], dtype=torch.bool) if with_mask else None
+    expected = projected(query, words, words, mask)
+    want = torch.autograd.grad(expected.square().sum(), [query, words, *projected.parameters()])
+
+    def no_kernel(*args, **kwargs):
+        raise AssertionError("the folded form runs no attention kernel")
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", no_kernel)
+    out = folded(query, words, words, mask)
+    got = torch.autograd.grad(out.square().sum(), [query, words, *folded.parameters()])
+    assert torch.allclose(out, expected, atol=1e-12)
+    assert all(torch.allclose(a, b, atol=1e-10) for a, b in zip(got, want))
+
+
+def test_few_key_attention_projects_when_the_keys_are_many_and_drops_out_in_training():
+    folded, projected = few_key_pair(dropout=0.5)
+    folded.eval(), projected.eval()
+    query, words = torch.randn(1, 30, 64, dtype=torch.double), torch.randn(1, 10, 64, dtype=torch.double)
+    calls = []
+    sdpa = F.scaled_dot_product_attention
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return sdpa(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(F, "scaled_dot_product_attention", spy)
+        out = folded(query, words, words)  # 10 * (8 - 1) >= 64: folding would cost more
+    assert calls and torch.allclose(out, projected(query, words, words), atol=1e-12)
+    few = words[:, :4]
+    folded.train()
+    torch.manual_seed(3)
+    dropped = folded(query, few, few)
+    assert torch.isfinite(dropped).all() and not torch.allclose(dropped, projected(query, few, few))
+    folded.eval()
+    assert torch.allclose(folded(query, few, few), projected(query, few, few), atol=1e-12)
+    with pytest.raises(ValueError, match="few_keys does not combine"):
+        Attention(64, 8, few_keys=True, fp32=True)
+
+
+def test_few_key_attention_under_bf16_autocast_agrees_with_float32():
+    folded, projected = few_key_pair()
+    folded.float(), projected.float()
+    query, words = torch.randn(2, 50, 64), torch.randn(2, 5, 64)
+    mask = torch.ones(2, 5, dtype=torch.bool)
+    mask[0, 3:] = False
+    want = projected(query, words, words, mask)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = folded(query, words, words, mask)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), want, rtol=0, atol=0.03 * want.abs().max().item())
+
+
 def test_cpu_bfloat16_attention_runs_in_float32():
     torch.manual_seed(0)
     q, k, v = (torch.randn(2, 4, n, 16, dtype=torch.bfloat16, requires_grad=True) for n in (30, 7, 7))

@@ -125,7 +125,7 @@ def test_folded_prediction_equals_conv_resample_and_dot_product():
     assert torch.allclose(mid.predict(fused, cls, shapes), expected, atol=1e-5)
 
 
-def test_long_softmax_stays_float32_under_bf16_autocast(monkeypatch):
+def test_softmaxes_stay_float32_under_bf16_autocast(monkeypatch):
     sdpa = torch.nn.functional.scaled_dot_product_attention
     dtypes = []
 
@@ -136,11 +136,36 @@ def test_long_softmax_stays_float32_under_bf16_autocast(monkeypatch):
 
     monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
     layer = build().layers[0]
+    vis, words = torch.randn(1, 50, 32), torch.randn(1, 3, 32)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        layer.lang_cross(
-            torch.randn(1, 3, 32), torch.randn(1, 50, 32), torch.randn(1, 50, 32)
-        )  # 50 visual keys
-        out = layer.vis_cross(torch.randn(1, 50, 32), torch.randn(1, 3, 32), torch.randn(1, 3, 32))  # 3 words
-    # The long softmax is float32 on every device; the short one too on the CPU only (layers/attention.py:
-    # PyTorch's bfloat16 CPU kernel is the slower one), with the result back in bfloat16 for the output projection.
-    assert dtypes == [torch.float32, torch.float32] and out.dtype == torch.bfloat16
+        layer.lang_cross(words, vis, vis)  # 50 visual keys
+        out = layer.vis_cross(vis, words, words)  # 3 words: folded, no attention kernel
+    # The long softmax is float32 on every device (layers/attention.py); the visual tokens' softmax over the
+    # words is float32 inside the folded form, with the result in bfloat16 for what follows.
+    assert dtypes == [torch.float32] and out.dtype == torch.bfloat16
+    unfolded = layer.vis_cross.few_keys
+    layer.vis_cross.few_keys = False
+    expected = layer.vis_cross(vis, words, words)
+    layer.vis_cross.few_keys = unfolded
+    torch.testing.assert_close(out.float(), expected, rtol=0, atol=0.05 * expected.abs().max().item())
+
+
+def test_fused_ffn_and_projections_equal_the_plain_layers():
+    """FFN (in-place ReLU on a flat hidden layer), Proj_v through a transposed view and MSDeformAttn's one
+    product for offsets and weights compute what the plain nn.Linear chains do, gradients included."""
+    from crobim_d2.modeling.mid import FFN, project_tokens
+
+    torch.manual_seed(0)
+    ffn = FFN(32, 48, 0.0).double()
+    x = torch.randn(2, 7, 32, dtype=torch.double, requires_grad=True)
+    plain = ffn[3](ffn[2](ffn[1](ffn[0](x))))
+    (grad_plain,) = torch.autograd.grad(plain.square().sum(), x)
+    out = ffn(x)
+    (grad,) = torch.autograd.grad(out.square().sum(), x)
+    assert torch.allclose(out, plain, atol=1e-12) and torch.allclose(grad, grad_plain, atol=1e-12)
+
+    mid = build().double()
+    feature = torch.randn(2, CHANNELS[1], 3, 5, dtype=torch.double)
+    for f in (feature, feature.contiguous(memory_format=torch.channels_last)):
+        want = mid.input_proj[1](f.flatten(2).transpose(1, 2).contiguous())
+        assert torch.allclose(project_tokens(mid.input_proj[1], f), want, atol=1e-12)

@@ -12,10 +12,28 @@ ATTENTION_SCHEMES = ("cascaded", "unidirectional", "parallel")
 
 
 class FFN(nn.Sequential):
+    """Linear, ReLU, Dropout, Linear. The tokens run as one (N*S, D) matrix so that the hidden layer is a
+    tensor of its own (not a view of a batched product): the ReLU then runs in place without autograd
+    copying the hidden layer back in backward."""
+
     def __init__(self, dim: int, ffn_dim: int, dropout: float):
         super().__init__(
             nn.Linear(dim, ffn_dim), nn.ReLU(), nn.Dropout(dropout), nn.Linear(ffn_dim, dim)
         )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fc1, _, drop, fc2 = self
+        hidden = F.linear(x.reshape(-1, x.shape[-1]), fc1.weight, fc1.bias).relu_()
+        return fc2(drop(hidden)).view(*x.shape[:-1], -1)
+
+
+def project_tokens(proj: nn.Sequential, feature: torch.Tensor) -> torch.Tensor:
+    """Proj_v of Eq. 14, (Linear, LayerNorm), on (N, C, H, W) -> (N, H*W, D) tokens: the linear layer reads the
+    channels-first map through a transposed view (one batched product) instead of a token copy of it."""
+    linear, norm = proj
+    tokens = feature.flatten(2).transpose(1, 2)
+    weight = linear.weight.t().expand(tokens.shape[0], -1, -1)
+    return norm(torch.baddbmm(linear.bias, tokens, weight))
 
 
 class MutualInteractionLayer(nn.Module):
@@ -45,7 +63,7 @@ class MutualInteractionLayer(nn.Module):
             self.lang_self = Attention(dim, num_heads, dropout)
             self.lang_ffn = FFN(dim, ffn_dim, dropout)
             self.lang_norms = nn.ModuleList(nn.LayerNorm(dim) for _ in range(3))
-        self.vis_cross = Attention(dim, num_heads, dropout)
+        self.vis_cross = Attention(dim, num_heads, dropout, few_keys=True)
         self.msda = ops.MSDeformAttn(dim, num_levels, num_heads, num_points, impl=msda_impl)
         self.vis_ffn = FFN(dim, ffn_dim, dropout)
         self.vis_norms = nn.ModuleList(nn.LayerNorm(dim) for _ in range(3))
@@ -179,7 +197,7 @@ class MutualInteractionDecoder(nn.Module):
         if len(features) != len(self.input_proj):
             raise ValueError(f"MID was built for {len(self.input_proj)} levels, got {len(features)}.")
         shapes = [f.shape[-2:] for f in features]
-        projected = [proj(f.flatten(2).transpose(1, 2)) for proj, f in zip(self.input_proj, features)]
+        projected = [project_tokens(proj, f) for proj, f in zip(self.input_proj, features)]
         v_ms = torch.cat(projected, dim=1)  # V_ms, Eq. 14
         pos = torch.cat(
             [

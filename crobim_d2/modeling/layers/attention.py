@@ -58,17 +58,36 @@ class Attention(nn.Module):
     For Q = 24 and S = 19125 keys of width D = 256 this replaces two D x D projections of S tokens with
     fewer FLOPs of attention and never writes the projected keys and values.
 
+    ``few_keys`` gives the same result for many queries over a few keys (the ~19k visual tokens reading the
+    l_m + N_p words, Eq. 16) without projecting the queries or the attention output. Per head m, with k_m, v_m
+    the projected keys and values (T x d_h) and x a query input: q_m . k_mj = x . (W_q,m^T k_mj) + b_q,m . k_mj,
+    and the output W_o (concat_m sum_j a_mj v_mj) + b_o = sum_m sum_j a_mj (W_o,m v_mj) + b_o. So the scores of
+    all heads are one (S x D) by (D x M*T) product and the output one (S x M*T) by (M*T x D) product, with a
+    softmax over each head's T scores in between. That costs 2 S D M T multiply-adds against 2 S D (D + T)
+    for projecting, so it is taken when T (M - 1) < D (24 words, 8 heads, D = 256 in MID); otherwise the
+    module projects as usual. The scores are a product in the autocast dtype; their softmax runs in float32.
+
     Checkpoints in ``nn.MultiheadAttention``'s layout (``in_proj_weight``, ``in_proj_bias``, ``out_proj.*``,
     written by earlier versions of CAPM and ADC) load into this layout (``_load_from_state_dict``).
     """
 
     def __init__(
-        self, dim: int, num_heads: int, dropout: float = 0.0, *, fp32: bool = False, few_queries: bool = False
+        self,
+        dim: int,
+        num_heads: int,
+        dropout: float = 0.0,
+        *,
+        fp32: bool = False,
+        few_queries: bool = False,
+        few_keys: bool = False,
     ):
         super().__init__()
         if dim % num_heads != 0:
             raise ValueError(f"Attention width {dim} is not divisible by {num_heads} heads.")
-        self.num_heads, self.dropout, self.fp32, self.few_queries = num_heads, dropout, fp32, few_queries
+        if few_keys and (few_queries or fp32):
+            raise ValueError("Attention's few_keys does not combine with few_queries or fp32.")
+        self.num_heads, self.dropout, self.fp32 = num_heads, dropout, fp32
+        self.few_queries, self.few_keys = few_queries, few_keys
         self.q, self.v, self.out = (nn.Linear(dim, dim) for _ in range(3))
         self.k = nn.Linear(dim, dim, bias=not few_queries)
 
@@ -80,12 +99,14 @@ class Attention(nn.Module):
         key_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """query (N, Q, D), key/value (N, S, D), key_mask (N, S) bool, True = attend -> (N, Q, D)."""
+        n, m, d = query.shape[0], self.num_heads, query.shape[-1]
+        if self.few_keys and key.shape[1] * (m - 1) < d:
+            return self.folded(query, key, value, key_mask)
         mask = None if key_mask is None else key_mask[:, None, None, :]
         dropout = self.dropout if self.training else 0.0
         precision = (
             torch.autocast(query.device.type, enabled=False) if self.fp32 else contextlib.nullcontext()
         )
-        n, m, d = query.shape[0], self.num_heads, query.shape[-1]
         q = self.q(query).view(n, -1, m, d // m).transpose(1, 2)  # (N, M, Q, d_h)
         if self.few_queries:
             w_k = self.k.weight.view(m, d // m, d)
@@ -111,6 +132,28 @@ class Attention(nn.Module):
                     q, k, v = q.float(), k.float(), v.float()
                 out = scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
         return self.out(out.transpose(1, 2).flatten(2).to(query.dtype))
+
+    def folded(
+        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, key_mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """``few_keys``: the queries' and the output's projections folded through the T keys (class docstring)."""
+        n, s, d = query.shape
+        m, t = self.num_heads, key.shape[1]
+        h = d // m
+        k = self.k(key).view(n, t, m, h)
+        v = self.v(value).view(n, t, m, h)
+        scale = h**-0.5
+        # Rows (m, j): W_q,m^T k_mj and b_q,m . k_mj, scaled; and W_o,m v_mj.
+        a = torch.einsum("ntmh,mhd->nmtd", k, self.q.weight.view(m, h, d).to(k.dtype)) * scale
+        c = torch.einsum("ntmh,mh->nmt", k, self.q.bias.view(m, h).to(k.dtype)) * scale
+        b = torch.einsum("ntmh,emh->nmte", v, self.out.weight.view(d, m, h).to(v.dtype))
+        scores = torch.baddbmm(c.reshape(n, 1, m * t), query, a.reshape(n, m * t, d).transpose(1, 2))
+        scores = scores.view(n, s, m, t)
+        scores = scores.to(torch.promote_types(scores.dtype, torch.float32))
+        if key_mask is not None:
+            scores = scores.masked_fill(~key_mask[:, None, None, :], float("-inf"))
+        p = F.dropout(scores.softmax(-1), self.dropout, self.training).view(n, s, m * t)
+        return torch.baddbmm(self.out.bias.to(b.dtype), p.to(b.dtype), b.reshape(n, m * t, d))
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         packed = state_dict.pop(prefix + "in_proj_weight", None)

@@ -85,8 +85,14 @@ class MSDeformAttn(nn.Module):
         if input_padding_mask is not None:
             value = value.masked_fill(input_padding_mask[..., None], 0.0)
         value = value.view(n, s, self.n_heads, self.d_model // self.n_heads)
-        offsets = self.sampling_offsets(query).view(n, lq, self.n_heads, self.n_levels, self.n_points, 2)
-        weights = self.attention_weights(query).view(n, lq, self.n_heads, self.n_levels * self.n_points)
+        # Offsets and attention weights read the same queries: one product with both layers' rows.
+        offsets, weights = F.linear(
+            query,
+            torch.cat([self.sampling_offsets.weight, self.attention_weights.weight]),
+            torch.cat([self.sampling_offsets.bias, self.attention_weights.bias]),
+        ).split([self.sampling_offsets.out_features, self.attention_weights.out_features], -1)
+        offsets = offsets.reshape(n, lq, self.n_heads, self.n_levels, self.n_points, 2)
+        weights = weights.reshape(n, lq, self.n_heads, self.n_levels * self.n_points)
         weights = F.softmax(weights, -1).view(n, lq, self.n_heads, self.n_levels, self.n_points)
         if reference_points.shape[-1] == 2:
             # reference + offset / (W_l, H_l), with the (level, point, xy) axes flattened into rows of
