@@ -21,6 +21,7 @@ ONEDNN_MAX_CPU_ISA / MKL_ENABLE_INSTRUCTIONS set (e.g. avx2 on an AVX-512 machin
 
     .venv/bin/python benchmarks/model.py                       # both configs, 2 threads
     .venv/bin/python benchmarks/model.py --configs swin_b --modes infer_float32 train_float32
+    .venv/bin/python benchmarks/model.py --configs swin_b --opts MODEL.CROBIM.MID_FFN_DIM 256
 """
 
 import argparse
@@ -283,7 +284,7 @@ def worker(args) -> dict:
     torch.set_num_threads(args.threads)
     from crobim_d2.engine import apply_cpu_malloc_reuse
 
-    model, cfg = build(CONFIGS[args.config], "pytorch" if args.mode == "infer_msda_pytorch" else "auto")
+    model, cfg = build(CONFIGS[args.config], "pytorch" if args.mode == "infer_msda_pytorch" else "auto", args.opts)
     malloc_reuse = args.mode != "train_no_malloc_reuse" and apply_cpu_malloc_reuse(cfg)
     dtype = "bfloat16" if args.mode.endswith("bfloat16") else "float32"
     built_rss = peak_rss_mib()
@@ -307,6 +308,7 @@ def spawn(args, config: str, mode: str) -> dict:
     cmd = [sys.executable, __file__, "--worker", "--config", config, "--mode", mode]
     cmd += ["--threads", str(args.threads), "--repeats", str(args.repeats)]
     cmd += ["--train-repeats", str(args.train_repeats), "--num-agreement", str(args.num_agreement)]
+    cmd += ["--opts", *args.opts]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
     out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
@@ -364,11 +366,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timed inference rounds after one warm-up")
     parser.add_argument("--train-repeats", type=int, default=3, help="timed training rounds after one warm-up")
     parser.add_argument("--num-agreement", type=int, default=200, help="inputs for the bf16/fp32 mask IoU")
+    parser.add_argument("--opts", nargs="*", default=[], metavar="KEY VALUE",
+                        help="config overrides for CroBIM (not the floor), e.g. MODEL.CROBIM.MID_FFN_DIM 256")
     parser.add_argument("--output", default="output/benchmarks/model.json")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--config", help=argparse.SUPPRESS)
     parser.add_argument("--mode", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if len(args.opts) % 2:
+        parser.error(f"--opts takes KEY VALUE pairs, got {len(args.opts)} words: {' '.join(args.opts)}")
     if args.worker:
         print(json.dumps(worker(args)))
         return
@@ -385,9 +391,11 @@ def main() -> None:
             results[config][mode] = spawn(args, config, mode)
             print(f"# {config} {mode}: {time.perf_counter() - start:.0f} s", file=sys.stderr)
     cpu = cpu_line(args.threads)
+    if args.opts:
+        print(f"CroBIM config overrides: {' '.join(args.opts)}")
     print_table(results, cpu)
     os.makedirs(os.path.dirname(args.output) or ".", exist_ok=True)
-    settings = {k: getattr(args, k) for k in ("threads", "repeats", "train_repeats", "num_agreement")}
+    settings = {k: getattr(args, k) for k in ("threads", "repeats", "train_repeats", "num_agreement", "opts")}
     settings.update(cpu_count=os.cpu_count(), cpu=cpu)
     from crobim_d2.modeling import ops
 

@@ -57,3 +57,12 @@ def test_msda_goal(shares, expected):
     rows = [{"impl": "kernel", "fwd_bwd_copy_share": s} for s in shares]
     report = {"msda": {"rows": rows} if rows else None, "train": [{"dtype": "bfloat16", "images_per_s": 120.0}]}
     assert gpu_model.goals_met(report) == {"msda_fwd_bwd_copy_share": expected, "train_bf16_images_per_s": True}
+
+
+def test_model_opts_are_key_value_pairs_and_reach_the_model(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["model.py", "--opts", "MODEL.CROBIM.MID_FFN_DIM"])
+    with pytest.raises(SystemExit) as exit_info:
+        model_bench.main()
+    assert exit_info.value.code == 2 and "KEY VALUE pairs" in capsys.readouterr().err
+    model, cfg = model_bench.build(model_bench.CONFIGS["swin_b"], opts=["MODEL.CROBIM.MID_FFN_DIM", "256"])
+    assert cfg.MODEL.CROBIM.MID_FFN_DIM == 256 and model.mid.layers[0].vis_ffn[0].out_features == 256

@@ -54,11 +54,30 @@ def test_few_query_attention_equals_projected_attention(with_mask):
             getattr(full, name).bias.copy_(getattr(few, name).bias)
         full.k.bias.normal_()
     assert few.k.bias is None
-    query = torch.randn(2, 5, 64, dtype=torch.double)
-    key, value = torch.randn(2, 2, 50, 64, dtype=torch.double)
+    query = torch.randn(2, 5, 64, dtype=torch.double, requires_grad=True)
+    key, value = torch.randn(2, 2, 50, 64, dtype=torch.double, requires_grad=True)
     mask = torch.rand(2, 50, generator=torch.Generator().manual_seed(1)) > 0.3 if with_mask else None
     expected = full(query, key, value, mask)
-    assert torch.allclose(few(query, key, value, mask), expected, atol=1e-12)
+    want = torch.autograd.grad(
+        expected.square().sum(), [query, key, value, full.q.weight, full.k.weight, full.v.weight]
+    )
+    out = few(query, key, value, mask)
+    got = torch.autograd.grad(out.square().sum(), [query, key, value, few.q.weight, few.k.weight, few.v.weight])
+    assert torch.allclose(out, expected, atol=1e-12)
+    assert all(torch.allclose(a, b, atol=1e-10) for a, b in zip(got, want))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_few_query_and_few_key_attention_on_cuda_equal_the_cpu():
+    """On CUDA, few_queries runs the attention kernel (the CPU runs two matrix products): same result."""
+    torch.manual_seed(0)
+    for module, t in ((Attention(64, 8, fp32=True, few_queries=True), 300), (Attention(64, 8, few_keys=True), 6)):
+        query, key = torch.randn(2, 300 if t == 6 else 5, 64), torch.randn(2, t, 64)
+        mask = torch.ones(2, t, dtype=torch.bool)
+        mask[0, t // 2:] = False
+        want = module(query, key, key, mask)
+        got = module.cuda()(query.cuda(), key.cuda(), key.cuda(), mask.cuda()).cpu()
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 
 def few_key_pair(tokens_dim: int = 64, heads: int = 8, dropout: float = 0.0) -> tuple[Attention, Attention]:

@@ -126,23 +126,22 @@ def test_folded_prediction_equals_conv_resample_and_dot_product():
 
 
 def test_softmaxes_stay_float32_under_bf16_autocast(monkeypatch):
-    sdpa = torch.nn.functional.scaled_dot_product_attention
+    softmax = torch.Tensor.softmax
     dtypes = []
 
-    def spy(*args, **kwargs):
-        out = sdpa(*args, **kwargs)
-        dtypes.append(out.dtype)
-        return out
+    def spy(self, *args, **kwargs):
+        dtypes.append(self.dtype)
+        return softmax(self, *args, **kwargs)
 
-    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    monkeypatch.setattr(torch.Tensor, "softmax", spy)
     layer = build().layers[0]
     vis, words = torch.randn(1, 50, 32), torch.randn(1, 3, 32)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         layer.lang_cross(words, vis, vis)  # 50 visual keys
-        out = layer.vis_cross(vis, words, words)  # 3 words: folded, no attention kernel
+        out = layer.vis_cross(vis, words, words)  # 3 words
     # The long softmax is float32 on every device (layers/attention.py); the visual tokens' softmax over the
     # words is float32 inside the folded form, with the result in bfloat16 for what follows.
-    assert dtypes == [torch.float32] and out.dtype == torch.bfloat16
+    assert dtypes == [torch.float32, torch.float32] and out.dtype == torch.bfloat16
     unfolded = layer.vis_cross.few_keys
     layer.vis_cross.few_keys = False
     expected = layer.vis_cross(vis, words, words)

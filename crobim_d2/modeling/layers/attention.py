@@ -56,7 +56,8 @@ class Attention(nn.Module):
     effect); and sum_j a_j (W_v,m x_j + b_v,m) = W_v,m (sum_j a_j x_j) + b_v,m because the weights sum to 1.
     All heads then attend over the same raw inputs, so they run as one attention of M * Q queries of width D.
     For Q = 24 and S = 19125 keys of width D = 256 this replaces two D x D projections of S tokens with
-    fewer FLOPs of attention and never writes the projected keys and values.
+    fewer FLOPs of attention and never writes the projected keys and values. On the CPU that attention is
+    two matrix products around a softmax (the M * Q x S scores are small), elsewhere the attention kernel.
 
     ``few_keys`` gives the same result for many queries over a few keys (the ~19k visual tokens reading the
     l_m + N_p words, Eq. 16) without projecting the queries or the attention output. Per head m, with k_m, v_m
@@ -115,14 +116,21 @@ class Attention(nn.Module):
                 if self.fp32:
                     q, key, value, w_k, w_v = (x.float() for x in (q, key, value, w_k, w_v))
                 q_abs = torch.einsum("nmqe,med->nmqd", q, w_k.to(q.dtype))  # W_k,m^T q_m
-                mixed = F.scaled_dot_product_attention(
-                    q_abs.flatten(1, 2)[:, None],
-                    key[:, None].to(q_abs.dtype),
-                    value[:, None].to(q_abs.dtype),
-                    attn_mask=mask,
-                    dropout_p=dropout,
-                    scale=(d // m) ** -0.5,
-                ).view(n, m, -1, d)  # sum_j a_j x_j per head
+                q_abs, key, value = q_abs.flatten(1, 2), key.to(q_abs.dtype), value.to(q_abs.dtype)
+                if q_abs.device.type == "cpu":
+                    # Two matrix products and a softmax: faster on the CPU than the flash-attention
+                    # kernel for M * Q queries over ~19k keys, forward and backward.
+                    scores = torch.bmm(q_abs * (d // m) ** -0.5, key.transpose(1, 2))
+                    if key_mask is not None:
+                        scores = scores.masked_fill(~key_mask[:, None, :], float("-inf"))
+                    weights = F.dropout(scores.softmax(-1), dropout, self.training)
+                    mixed = torch.bmm(weights, value)
+                else:
+                    mixed = F.scaled_dot_product_attention(
+                        q_abs[:, None], key[:, None], value[:, None], attn_mask=mask, dropout_p=dropout,
+                        scale=(d // m) ** -0.5,
+                    )
+                mixed = mixed.view(n, m, -1, d)  # sum_j a_j x_j per head
                 out = torch.einsum("nmqd,med->nmqe", mixed, w_v.to(mixed.dtype))
                 out = out + self.v.bias.view(m, 1, d // m).to(out.dtype)
         else:
