@@ -180,12 +180,18 @@ def interleaved(crobim_step, floor_step, repeats: int) -> dict:
 def count_gflop(model, floor: Floor, inputs: list) -> dict:
     """Forward GFLOP (matrix products, convolutions, attention) of CroBIM and of the floor's parts: the ratio
     the measured one is up against at equal arithmetic efficiency."""
-    from torch.utils.flop_counter import FlopCounterMode
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
+    def cpu_flash_attention(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+        return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+    # The counter has no formula for the CPU flash-attention kernel (Swin's windows, BERT, CroBIM's attention).
+    mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: cpu_flash_attention}
     counts = {}
     for name, fn in (("crobim", lambda: model(inputs)), ("backbone", lambda: floor.backbone.forward_features(
             floor.images)), ("bert", lambda: floor.bert(input_ids=floor.tokens, attention_mask=floor.mask))):
-        counter = FlopCounterMode(display=False)
+        counter = FlopCounterMode(display=False, custom_mapping=mapping)
         with counter:  # autograd on: the counter's module tracker fails under no_grad and inference_mode
             fn()
         counts[name] = counter.get_total_flops() / 1e9

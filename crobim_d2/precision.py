@@ -40,9 +40,16 @@ def cpu_capability() -> str:
     return torch.backends.cpu.get_cpu_capability()
 
 
+def cpu_has_amx() -> bool:
+    """Whether bfloat16 matrix products run on AMX tiles (oneDNN uses them where native bfloat16 is on)."""
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool(probe and probe() and cpu_has_native_bf16())
+
+
 def describe_cpu() -> str:
-    """One line for benchmark tables and logs: capability and native bfloat16."""
-    return f"{cpu_capability()}, native bfloat16 {'yes' if cpu_has_native_bf16() else 'no'}"
+    """One line for benchmark tables and logs: capability and native bfloat16 (on AMX or not)."""
+    native = "yes" + (" (AMX)" if cpu_has_amx() else "") if cpu_has_native_bf16() else "no"
+    return f"{cpu_capability()}, native bfloat16 {native}"
 
 
 def _name(dtype: torch.dtype | None) -> str:

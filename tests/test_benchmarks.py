@@ -66,3 +66,19 @@ def test_model_opts_are_key_value_pairs_and_reach_the_model(monkeypatch, capsys)
     assert exit_info.value.code == 2 and "KEY VALUE pairs" in capsys.readouterr().err
     model, cfg = model_bench.build(model_bench.CONFIGS["swin_b"], opts=["MODEL.CROBIM.MID_FFN_DIM", "256"])
     assert cfg.MODEL.CROBIM.MID_FFN_DIM == 256 and model.mid.layers[0].vis_ffn[0].out_features == 256
+
+
+def test_flop_count_includes_the_cpu_attention_kernel():
+    import types
+
+    import torch
+    import torch.nn.functional as F
+
+    q = torch.randn(1, 2, 10, 8, requires_grad=True)
+    floor = types.SimpleNamespace(
+        backbone=types.SimpleNamespace(forward_features=lambda x: x @ x), images=torch.randn(4, 4),
+        bert=lambda input_ids, attention_mask: None, tokens=None, mask=None,
+    )
+    counts = model_bench.count_gflop(lambda inputs: F.scaled_dot_product_attention(q, q, q), floor, [])
+    assert counts["crobim"] * 1e9 == 2 * 2 * (2 * 10 * 10 * 8)  # Q K^T and P V
+    assert counts["backbone"] * 1e9 == 2 * 4**3 and counts["bert"] == 0

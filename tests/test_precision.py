@@ -32,6 +32,16 @@ def test_auto_follows_the_cpu(cpu_bf16, native, expected):
     assert precision.autocast_dtype("cpu", "float32") is None
 
 
+@pytest.mark.parametrize("native, amx, expected", [
+    (False, True, "native bfloat16 no"), (True, False, "native bfloat16 yes"),
+    (True, True, "native bfloat16 yes (AMX)"),
+])
+def test_describe_cpu_names_native_bfloat16_and_amx(cpu_bf16, monkeypatch, native, amx, expected):
+    cpu_bf16(native)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    assert precision.describe_cpu() == f"{precision.cpu_capability()}, {expected}"
+
+
 def _step_trainer(native_opts):
     cfg = tiny_cfg("SOLVER.AMP.ENABLED", "True", *native_opts)
     model = build_model(cfg)
