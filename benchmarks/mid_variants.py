@@ -68,12 +68,6 @@ def separate_msda_proj(msda, q):
     return msda.sampling_offsets(q), msda.attention_weights(q)
 
 
-def fused_msda_proj(msda, q):
-    w = torch.cat([msda.sampling_offsets.weight, msda.attention_weights.weight])
-    b = torch.cat([msda.sampling_offsets.bias, msda.attention_weights.bias])
-    return F.linear(q, w, b).split([msda.sampling_offsets.out_features, msda.attention_weights.out_features], -1)
-
-
 def plain(mid):
     """A copy of ``mid`` with vis_cross, lang_cross, the FFNs and the input projections in their plain forms."""
     new = copy.deepcopy(mid)
@@ -169,7 +163,7 @@ def main() -> None:
                     lambda: layer.lang_cross(words, vis, vis), args.repeats, backward),
             compare("ffn", lambda: old_layer.vis_ffn(vis), lambda: layer.vis_ffn(vis), args.repeats, backward),
             compare("msda_proj", lambda: separate_msda_proj(layer.msda, vis),
-                    lambda: fused_msda_proj(layer.msda, vis), args.repeats, backward),
+                    lambda: layer.msda.sampling_projections(vis), args.repeats, backward),
             compare("input_proj", lambda: plain_input_proj(mid.input_proj[0], x_level),
                     lambda: project_tokens(mid.input_proj[0], x_level), args.repeats, backward),
         ]

@@ -8,6 +8,7 @@ from crobim_d2.modeling.layers import (
     Attention,
     cell_centres,
     cell_position_encoding,
+    fold_heads,
     scaled_dot_product_attention,
     sine_position_encoding,
     stage_indices,
@@ -78,6 +79,18 @@ def test_few_query_and_few_key_attention_on_cuda_equal_the_cpu():
         want = module(query, key, key, mask)
         got = module.cuda()(query.cuda(), key.cuda(), key.cuda(), mask.cuda()).cpu()
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_fold_heads_is_the_block_diagonal_product():
+    """Row (m, t) of fold_heads(x, W) is W applied to x[:, t, m] placed in head m's columns, zeros elsewhere."""
+    torch.manual_seed(0)
+    x, weight = torch.randn(2, 3, 4, 5, dtype=torch.double), torch.randn(7, 20, dtype=torch.double)
+    padded = torch.zeros(2, 4, 3, 20, dtype=torch.double)
+    for m in range(4):
+        padded[:, m, :, 5 * m:5 * (m + 1)] = x[:, :, m]
+    expected = padded.reshape(2, 12, 20) @ weight.t()
+    assert torch.allclose(fold_heads(x, weight), expected, atol=1e-12)
+    assert fold_heads(x, weight[:1]).shape == (2, 12, 1)
 
 
 def few_key_pair(tokens_dim: int = 64, heads: int = 8, dropout: float = 0.0) -> tuple[Attention, Attention]:

@@ -8,16 +8,9 @@ import torch.nn.functional as F
 from detectron2.config import configurable
 from torch import nn
 
-from .layers import Attention, cell_position_encoding, stage_indices
+from .layers import Attention, cell_position_encoding, fold_heads, stage_indices
 
 ADC_FUSIONS = ("sequence", "channel")
-
-
-def block_diagonal(x: torch.Tensor) -> torch.Tensor:
-    """(N, T, M, d) per-head vectors -> (N, M*T, M*d): row (h, t) holds x[:, t, h] in head h's columns."""
-    n, t, m, d = x.shape
-    eye = torch.eye(m, device=x.device, dtype=x.dtype)
-    return torch.einsum("nthj,hg->nhtgj", x, eye).reshape(n, m * t, m * d)
 
 
 class LanguageGuidedFusion(nn.Module):
@@ -25,7 +18,7 @@ class LanguageGuidedFusion(nn.Module):
 
     Multi-head attention with the usual 1/sqrt(head dim) scale (the paper's 1/sqrt(l_m) would tie the
     temperature to the padding length); padded words are masked. omega_iq and the Gate's 1x1 conv are linear,
-    so they are folded into the T per-head word vectors (block-diagonal over heads) instead of being applied
+    so they are folded into the T per-head word vectors (``fold_heads``) instead of being applied
     to the H*W pixels: same result, two (H*W x C) by (C x M*T) products. Scores and softmax in float32
     (precision policy: ``layers/attention.py``).
     """
@@ -48,18 +41,18 @@ class LanguageGuidedFusion(nn.Module):
         n, c, h, w = v.shape
         m, t = self.num_heads, lang.shape[1]
         x = v.flatten(2).transpose(1, 2)  # Flatten of Eq. 3: (N, H*W, C)
-        values = block_diagonal(self.value(lang).view(n, t, m, c // m))  # L_iv, Eq. 4: (N, M*T, C)
+        values = self.value(lang).view(n, t, m, c // m)  # L_iv, Eq. 4
         with torch.autocast(v.device.type, enabled=False):
-            keys = block_diagonal(self.key(lang.float()).view(n, t, m, c // m))  # L_ik, Eq. 4: (N, M*T, C)
+            keys = self.key(lang.float()).view(n, t, m, c // m)  # L_ik, Eq. 4
             scale = (c // m) ** -0.5
-            q_keys = keys @ (self.query.weight * scale)  # (N, M*T, C): omega_iq folded into the keys
-            q_bias = keys @ (self.query.bias * scale)  # (N, M*T)
-            scores = torch.baddbmm(q_bias[:, None], x.float(), q_keys.transpose(1, 2))  # S_i, Eq. 3-5
+            q_keys = fold_heads(keys, self.query.weight.t() * scale)  # (N, M*T, C): omega_iq folded into the keys
+            q_bias = fold_heads(keys, self.query.bias[None] * scale)  # (N, M*T, 1)
+            scores = torch.baddbmm(q_bias.transpose(1, 2), x.float(), q_keys.transpose(1, 2))  # S_i, Eq. 3-5
             scores = scores.view(n, h * w, m, t).masked_fill(
                 ~lang_mask.bool()[:, None, None, :], float("-inf")
             )
             probs = scores.softmax(-1)
-        gated_values = values @ self.gate.weight.t().to(values.dtype)  # Gate's conv folded into L_iv
+        gated_values = fold_heads(values, self.gate.weight)  # Gate's conv folded into L_iv: (N, M*T, C)
         att = F.gelu(torch.baddbmm(self.gate.bias, probs.view(n, h * w, m * t), gated_values))  # Eq. 6
         fused = self.reweight(att) * x  # Eq. 7
         return fused.transpose(1, 2).view(n, c, h, w), probs.mean(2).transpose(1, 2).reshape(n, t, h, w)

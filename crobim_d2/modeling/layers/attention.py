@@ -22,7 +22,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["Attention", "scaled_dot_product_attention"]
+__all__ = ["Attention", "fold_heads", "scaled_dot_product_attention"]
+
+
+def fold_heads(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Per-head vectors x (N, T, M, d) through a linear map ``weight`` (E, M*d) whose input columns are read
+    per head -> (N, M*T, E), row (m, t) = W[:, m's d columns] x[:, t, m]. This folds a layer applied to many
+    tokens into the few per-head keys or values instead (``Attention(few_keys=True)``, LGFA's fusion)."""
+    n, t, m, d = x.shape
+    return torch.einsum("ntmd,emd->nmte", x, weight.reshape(-1, m, d).to(x.dtype)).reshape(n, m * t, -1)
 
 
 def scaled_dot_product_attention(
@@ -152,16 +160,16 @@ class Attention(nn.Module):
         v = self.v(value).view(n, t, m, h)
         scale = h**-0.5
         # Rows (m, j): W_q,m^T k_mj and b_q,m . k_mj, scaled; and W_o,m v_mj.
-        a = torch.einsum("ntmh,mhd->nmtd", k, self.q.weight.view(m, h, d).to(k.dtype)) * scale
-        c = torch.einsum("ntmh,mh->nmt", k, self.q.bias.view(m, h).to(k.dtype)) * scale
-        b = torch.einsum("ntmh,emh->nmte", v, self.out.weight.view(d, m, h).to(v.dtype))
-        scores = torch.baddbmm(c.reshape(n, 1, m * t), query, a.reshape(n, m * t, d).transpose(1, 2))
+        a = fold_heads(k, self.q.weight.t()) * scale  # (N, M*T, D)
+        c = fold_heads(k, self.q.bias[None]) * scale  # (N, M*T, 1)
+        b = fold_heads(v, self.out.weight)  # (N, M*T, D)
+        scores = torch.baddbmm(c.transpose(1, 2), query, a.transpose(1, 2))
         scores = scores.view(n, s, m, t)
         scores = scores.to(torch.promote_types(scores.dtype, torch.float32))
         if key_mask is not None:
             scores = scores.masked_fill(~key_mask[:, None, None, :], float("-inf"))
         p = F.dropout(scores.softmax(-1), self.dropout, self.training).view(n, s, m * t)
-        return torch.baddbmm(self.out.bias.to(b.dtype), p.to(b.dtype), b.reshape(n, m * t, d))
+        return torch.baddbmm(self.out.bias.to(b.dtype), p.to(b.dtype), b)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         packed = state_dict.pop(prefix + "in_proj_weight", None)

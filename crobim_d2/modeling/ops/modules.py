@@ -54,6 +54,15 @@ class MSDeformAttn(nn.Module):
         nn.init.xavier_uniform_(self.output_proj.weight)
         nn.init.constant_(self.output_proj.bias, 0.0)
 
+    def sampling_projections(self, query: Tensor) -> tuple[Tensor, Tensor]:
+        """``sampling_offsets(query), attention_weights(query)`` as one product with both layers' rows: they
+        read the same queries."""
+        return F.linear(
+            query,
+            torch.cat([self.sampling_offsets.weight, self.attention_weights.weight]),
+            torch.cat([self.sampling_offsets.bias, self.attention_weights.bias]),
+        ).split([self.sampling_offsets.out_features, self.attention_weights.out_features], -1)
+
     def forward(
         self,
         query: Tensor,
@@ -85,12 +94,7 @@ class MSDeformAttn(nn.Module):
         if input_padding_mask is not None:
             value = value.masked_fill(input_padding_mask[..., None], 0.0)
         value = value.view(n, s, self.n_heads, self.d_model // self.n_heads)
-        # Offsets and attention weights read the same queries: one product with both layers' rows.
-        offsets, weights = F.linear(
-            query,
-            torch.cat([self.sampling_offsets.weight, self.attention_weights.weight]),
-            torch.cat([self.sampling_offsets.bias, self.attention_weights.bias]),
-        ).split([self.sampling_offsets.out_features, self.attention_weights.out_features], -1)
+        offsets, weights = self.sampling_projections(query)
         offsets = offsets.reshape(n, lq, self.n_heads, self.n_levels, self.n_points, 2)
         weights = weights.reshape(n, lq, self.n_heads, self.n_levels * self.n_points)
         weights = F.softmax(weights, -1).view(n, lq, self.n_heads, self.n_levels, self.n_points)
