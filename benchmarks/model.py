@@ -14,10 +14,18 @@ over the built models'):
   train_float32 / train_bfloat16     batch 2; bfloat16 = CPU autocast, as SOLVER.AMP.ENABLED does on the CPU
   infer_msda_pytorch                 infer_float32 with the grid_sample reference of the deformable attention
   train_no_malloc_reuse              train_float32 without CPU_MALLOC_REUSE (glibc's default allocator)
+  infer_keep_denormals /             infer_float32 / train_float32 without flushing denormals (below)
+  train_keep_denormals
   agreement                          mean IoU of bfloat16 vs float32 masks on smooth random images
 The bfloat16 modes and agreement run by default only where the CPU has native bfloat16
 (crobim_d2.precision.cpu_has_native_bf16). The table names the CPU capability; with ATEN_CPU_CAPABILITY /
 ONEDNN_MAX_CPU_ISA / MKL_ENABLE_INSTRUCTIONS set (e.g. avx2 on an AVX-512 machine) it says "emulated".
+
+Every mode but the keep_denormals ones flushes float32 denormals to zero in all of the worker's threads. With
+random weights timm's Swin has zero biases, so the tokens of its zero-padded windows (stages 3-4 at 480x480)
+attend almost only to each other and their outputs come out denormal; x86 runs arithmetic on denormals
+through microcode assists, many times slower, in the floor and in CroBIM alike. Pretrained weights (non-zero
+value biases) do not produce them, so flushing makes random weights time what trained weights would.
 
     .venv/bin/python benchmarks/model.py                       # both configs, 2 threads
     .venv/bin/python benchmarks/model.py --configs swin_b --modes infer_float32 train_float32
@@ -51,6 +59,8 @@ MODES = (
     "train_bfloat16",
     "infer_msda_pytorch",
     "train_no_malloc_reuse",
+    "infer_keep_denormals",
+    "train_keep_denormals",
     "agreement",
 )
 DEFAULT_MODES = ("infer_float32", "infer_bfloat16", "train_float32", "train_bfloat16", "agreement")
@@ -61,6 +71,22 @@ GEMM_SIZE = 2048
 
 def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+
+
+def flush_denormals() -> bool:
+    """Flush float32 denormals to zero in this thread and every intra-op thread; True if all of them do.
+
+    ``torch.set_flush_denormal`` sets only the calling thread; threads created after it inherit its
+    floating-point environment, so this must run before the first parallel operation creates the pool.
+    """
+    import torch
+
+    if not torch.set_flush_denormal(True):
+        return False  # not an x86 CPU with SSE3
+    # A denormal by its bit pattern (a float literal would already be flushed on conversion), over enough
+    # elements for every thread of the pool to take a share: a thread that keeps denormals leaves them.
+    denormals = torch.full((1 << 20,), 1 << 20, dtype=torch.int32).view(torch.float32)
+    return bool((denormals * 1.0 == 0).all())
 
 
 def build(config: str, msda_impl: str = "auto", opts: list | tuple = ()):
@@ -288,7 +314,11 @@ def run_agreement(model, cfg, n: int) -> dict:
 def worker(args) -> dict:
     import torch
 
+    keep_denormals = args.mode.endswith("keep_denormals")
     torch.set_num_threads(args.threads)
+    flushed = not keep_denormals and flush_denormals()
+    if not keep_denormals and not flushed:
+        raise SystemExit("could not flush denormals in every thread; time with --modes ..._keep_denormals")
     from crobim_d2.engine import apply_cpu_malloc_reuse
 
     model, cfg = build(CONFIGS[args.config], "pytorch" if args.mode == "infer_msda_pytorch" else "auto", args.opts)
@@ -296,7 +326,7 @@ def worker(args) -> dict:
     dtype = "bfloat16" if args.mode.endswith("bfloat16") else "float32"
     built_rss = peak_rss_mib()
     result = {"config": args.config, "mode": args.mode, "dtype": dtype, "malloc_reuse": malloc_reuse,
-              "load_average_before": os.getloadavg()[0]}
+              "denormals_flushed": flushed, "load_average_before": os.getloadavg()[0]}
     result["params_m"] = {k: sum(p.numel() for p in getattr(model, k).parameters()) / 1e6 for k in COMPONENTS}
     result["params_m"]["total"] = sum(p.numel() for p in model.parameters()) / 1e6
     if args.mode.startswith("infer"):

@@ -82,3 +82,28 @@ def test_flop_count_includes_the_cpu_attention_kernel():
     counts = model_bench.count_gflop(lambda inputs: F.scaled_dot_product_attention(q, q, q), floor, [])
     assert counts["crobim"] * 1e9 == 2 * 2 * (2 * 10 * 10 * 8)  # Q K^T and P V
     assert counts["backbone"] * 1e9 == 2 * 4**3 and counts["bert"] == 0
+
+
+FLUSH_PROBE = """
+import sys, torch
+sys.path.insert(0, {bench!r})
+import model
+torch.set_num_threads(2)
+if {pool_first}:
+    (torch.ones(1 << 20) * 2).sum()  # a parallel operation creates the intra-op pool
+print(model.flush_denormals())
+"""
+
+
+@pytest.mark.skipif(not __import__("torch").set_flush_denormal(False), reason="flush-to-zero needs an x86 CPU")
+@pytest.mark.parametrize("pool_first,expected", [(False, "True"), (True, "False")])
+def test_flush_denormals_reaches_every_thread_or_says_it_did_not(pool_first, expected):
+    """Set before the pool exists, every intra-op thread inherits it; set after, the check sees the thread
+    that kept denormals (each in a fresh process: the setting is per thread and for the process's life)."""
+    import subprocess
+
+    bench = os.path.join(os.path.dirname(__file__), "..", "benchmarks")
+    code = FLUSH_PROBE.format(bench=os.path.abspath(bench), pool_first=pool_first)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env=dict(os.environ, OMP_NUM_THREADS="2")).stdout
+    assert out.strip().splitlines()[-1] == expected
