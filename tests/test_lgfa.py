@@ -10,7 +10,9 @@ from crobim_d2.modeling.lgfa import (
     ChannelCompensation,
     LanguageGuidedFeatureAggregation,
     SequenceCompensation,
+    add_to_regions,
     attention_deficit_map,
+    gather_regions,
 )
 
 CHANNELS = [8, 16, 32, 64]
@@ -227,3 +229,44 @@ def test_channel_adc_equals_a_per_region_reference(sizes, grid_size, stages):
     want = channel_adc_plain(adc, feats, deficit)
     for got, ref in zip(adc(feats, deficit), want):
         torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-10)
+
+
+def region_patch(v: torch.Tensor, b: int, cell: int, w4: int, rh: int, rw: int) -> torch.Tensor:
+    i, j = divmod(cell, w4)
+    return v[b, :, i * rh : (i + 1) * rh, j * rw : (j + 1) * rw]  # (C, r_h, r_w)
+
+
+@pytest.mark.parametrize("rh,rw", [(4, 4), (2, 2), (1, 1), (2, 4)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_regions_are_read_and_written_in_place_of_their_patches(rh, rw, channels_last):
+    """gather_regions / add_to_regions index the K patches directly: equal to slicing each region out."""
+    torch.manual_seed(0)
+    h4, w4, c = 3, 5, 6
+    v = torch.randn(2, c, rh * h4, rw * w4, dtype=torch.float64)
+    if channels_last:
+        v = v.to(memory_format=torch.channels_last)
+    regions = torch.stack([torch.randperm(h4 * w4)[:4] for _ in range(2)])
+    delta = torch.randn(2, 4, rh * rw, c, dtype=torch.float64)
+    patches = gather_regions(v, regions, rh, rw)
+    out = add_to_regions(v, delta, regions, h4, w4, rh, rw)
+    expected = v.clone()
+    for b in range(2):
+        for k, cell in enumerate(regions[b].tolist()):
+            patch = region_patch(v, b, cell, w4, rh, rw)
+            assert torch.equal(patches[b, k], patch.flatten(1).t())  # (r_h*r_w, C), row-major in the patch
+            region_patch(expected, b, cell, w4, rh, rw).add_(delta[b, k].t().view(c, rh, rw))
+    assert torch.equal(out, expected)
+    assert torch.equal(v, expected) is False  # the input is left as it was
+
+
+def test_add_to_regions_off_the_grid_resamples_the_change():
+    """A stage that is not a multiple of the stage-4 grid gets its change resampled: zero outside regions."""
+    torch.manual_seed(0)
+    v = torch.randn(1, 3, 7, 11, dtype=torch.float64)
+    regions = torch.tensor([[0, 4]])
+    delta = torch.randn(1, 2, 4, 3, dtype=torch.float64)
+    full = torch.zeros(1, 3, 6, 10, dtype=torch.float64)  # the 3 x 5 grid of 2 x 2 patches
+    for k, cell in enumerate(regions[0].tolist()):
+        region_patch(full, 0, cell, 5, 2, 2).copy_(delta[0, k].t().view(3, 2, 2))
+    expected = v + F.interpolate(full, size=(7, 11), mode="bilinear", align_corners=False)
+    assert torch.allclose(add_to_regions(v, delta, regions, 3, 5, 2, 2), expected, rtol=0, atol=1e-12)

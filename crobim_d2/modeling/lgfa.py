@@ -84,12 +84,20 @@ def stage_on_region_grid(v: torch.Tensor, h4: int, w4: int) -> tuple[torch.Tenso
     return v, rh, rw
 
 
+def region_index(v: torch.Tensor, regions: torch.Tensor, rh: int, rw: int):
+    """V_li (N, C, r_h H_4, r_w W_4) as (N, C, H_4, r_h, W_4, r_w) and the index of the K regions in it: a
+    region's patch is ``cells[index]``, (N, K, C, r_h, r_w), read or written without touching the rest."""
+    n, c, h, w = v.shape
+    w4 = w // rw
+    batch = torch.arange(n, device=regions.device)[:, None]
+    return v.reshape(n, c, h // rh, rh, w4, rw), (batch, slice(None), regions // w4, slice(None), regions % w4)
+
+
 def gather_regions(v: torch.Tensor, regions: torch.Tensor, rh: int, rw: int) -> torch.Tensor:
     """Patches V_li^{r_k} (N, K, r_h*r_w, C) of a stage on its region grid; regions (N, K) stage-4 cells."""
-    n, c, h, w = v.shape
-    h4, w4 = h // rh, w // rw
-    cells = v.reshape(n, c, h4, rh, w4, rw).permute(0, 2, 4, 3, 5, 1).reshape(n, h4 * w4, rh * rw, c)
-    return torch.gather(cells, 1, regions[:, :, None, None].expand(-1, -1, rh * rw, c))
+    cells, index = region_index(v, regions, rh, rw)
+    patches = cells[index]  # (N, K, C, r_h, r_w)
+    return patches.permute(0, 1, 3, 4, 2).reshape(*regions.shape, rh * rw, v.shape[1])
 
 
 def add_to_regions(
@@ -97,13 +105,17 @@ def add_to_regions(
 ) -> torch.Tensor:
     """V_li + the per-region change delta (N, K, r_h*r_w, C) placed at its regions of the region grid and
     resampled to V_li's size where the two differ (I' of Eq. 13)."""
-    n, _, _, c = delta.shape
-    index = regions[:, :, None, None].expand(-1, -1, rh * rw, c)
-    full = delta.new_zeros(n, h4 * w4, rh * rw, c).scatter(1, index, delta)
-    full = full.view(n, h4, w4, rh, rw, c).permute(0, 5, 1, 3, 2, 4).reshape(n, c, rh * h4, rw * w4)
-    if full.shape[2:] != v.shape[2:]:
-        full = F.interpolate(full, size=v.shape[2:], mode="bilinear", align_corners=False)
-    return v + full.to(v.dtype)
+    n, k, _, c = delta.shape
+    patches = delta.view(n, k, rh, rw, c).permute(0, 1, 4, 2, 3)  # (N, K, C, r_h, r_w)
+    if v.shape[2:] == (rh * h4, rw * w4):  # on the region grid: only the K patches change
+        out = v.clone(memory_format=torch.contiguous_format)  # its reshape below must be a view
+        cells, index = region_index(out, regions, rh, rw)
+        cells[index] = cells[index] + patches.to(v.dtype)
+        return out
+    full = delta.new_zeros(n, c, rh * h4, rw * w4)
+    cells, index = region_index(full, regions, rh, rw)
+    cells[index] = patches
+    return v + F.interpolate(full, size=v.shape[2:], mode="bilinear", align_corners=False).to(v.dtype)
 
 
 class AttentionDeficitCompensation(nn.Module):
