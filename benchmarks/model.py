@@ -21,7 +21,8 @@ The bfloat16 modes and agreement run by default only where the CPU has native bf
 (crobim_d2.precision.cpu_has_native_bf16). The table names the CPU capability; with ATEN_CPU_CAPABILITY /
 ONEDNN_MAX_CPU_ISA / MKL_ENABLE_INSTRUCTIONS set (e.g. avx2 on an AVX-512 machine) it says "emulated".
 
-Every mode but the keep_denormals ones flushes float32 denormals to zero in all of the worker's threads. With
+Every mode but the keep_denormals ones flushes float32 denormals to zero in all of the worker's threads
+(where torch can: x86; the table's last column says what each mode ran with). With
 random weights timm's Swin has zero biases, so the tokens of its zero-padded windows (stages 3-4 at 480x480)
 attend almost only to each other and their outputs come out denormal; x86 runs arithmetic on denormals
 through microcode assists, many times slower, in the floor and in CroBIM alike. Pretrained weights (non-zero
@@ -73,20 +74,22 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
 
 
-def flush_denormals() -> bool:
-    """Flush float32 denormals to zero in this thread and every intra-op thread; True if all of them do.
+def flush_denormals() -> str:
+    """Flush float32 denormals to zero in this thread and every intra-op thread.
 
-    ``torch.set_flush_denormal`` sets only the calling thread; threads created after it inherit its
-    floating-point environment, so this must run before the first parallel operation creates the pool.
+    Returns "all threads", "unsupported" (torch cannot set it on this CPU: not x86 with SSE3) or "calling
+    thread only" (the intra-op pool existed before: ``torch.set_flush_denormal`` sets the calling thread,
+    and only threads created after it inherit its floating-point environment, so this must run before the
+    first parallel operation).
     """
     import torch
 
     if not torch.set_flush_denormal(True):
-        return False  # not an x86 CPU with SSE3
+        return "unsupported"
     # A denormal by its bit pattern (a float literal would already be flushed on conversion), over enough
     # elements for every thread of the pool to take a share: a thread that keeps denormals leaves them.
     denormals = torch.full((1 << 20,), 1 << 20, dtype=torch.int32).view(torch.float32)
-    return bool((denormals * 1.0 == 0).all())
+    return "all threads" if bool((denormals * 1.0 == 0).all()) else "calling thread only"
 
 
 def build(config: str, msda_impl: str = "auto", opts: list | tuple = ()):
@@ -316,9 +319,9 @@ def worker(args) -> dict:
 
     keep_denormals = args.mode.endswith("keep_denormals")
     torch.set_num_threads(args.threads)
-    flushed = not keep_denormals and flush_denormals()
-    if not keep_denormals and not flushed:
-        raise SystemExit("could not flush denormals in every thread; time with --modes ..._keep_denormals")
+    flushed = "kept" if keep_denormals else flush_denormals()
+    if flushed == "calling thread only":
+        raise SystemExit("denormals were flushed in the calling thread only: the intra-op pool already existed")
     from crobim_d2.engine import apply_cpu_malloc_reuse
 
     model, cfg = build(CONFIGS[args.config], "pytorch" if args.mode == "infer_msda_pytorch" else "auto", args.opts)
@@ -326,7 +329,7 @@ def worker(args) -> dict:
     dtype = "bfloat16" if args.mode.endswith("bfloat16") else "float32"
     built_rss = peak_rss_mib()
     result = {"config": args.config, "mode": args.mode, "dtype": dtype, "malloc_reuse": malloc_reuse,
-              "denormals_flushed": flushed, "load_average_before": os.getloadavg()[0]}
+              "denormals": flushed, "load_average_before": os.getloadavg()[0]}
     result["params_m"] = {k: sum(p.numel() for p in getattr(model, k).parameters()) / 1e6 for k in COMPONENTS}
     result["params_m"]["total"] = sum(p.numel() for p in model.parameters()) / 1e6
     if args.mode.startswith("infer"):
@@ -366,8 +369,8 @@ def fmt(x: float | None, digits: int = 2) -> str:
 def print_table(results: dict, cpu: str) -> None:
     print(f"CPU: {cpu}")
     print("| config | measurement | CroBIM s | backbone alone s | BERT alone s | floor s | ratio (goal) | "
-          "FLOP ratio | peak MiB | load avg | GEMM GFLOP/s fp32 / bf16 |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "FLOP ratio | peak MiB | load avg | GEMM GFLOP/s fp32 / bf16 | denormals |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     goals = {"infer": 1.25, "train": 1.2}
     for name, r in results.items():
         for mode, x in r.items():
@@ -378,7 +381,7 @@ def print_table(results: dict, cpu: str) -> None:
             load = f"{x['load_average_before']:.1f}-{x['load_average_after']:.1f}"
             print(f"| {name} | {mode} | {fmt(x['crobim'])} | {fmt(x['backbone'])} | {fmt(x['bert'])} | "
                   f"{fmt(x['floor'])} | {fmt(x['ratio'])} ({goal}) | {fmt(x.get('gflop', {}).get('ratio'), 3)} | "
-                  f"{fmt(x['peak_mib'], 0)} | {load} | {gemm} |")
+                  f"{fmt(x['peak_mib'], 0)} | {load} | {gemm} | {x.get('denormals', '-')} |")
     shares = [(n, m, x["share"]) for n, r in results.items() for m, x in r.items() if "share" in x]
     if shares:
         print("\n| config | inference | " + " | ".join(COMPONENTS) + " | other |")
