@@ -20,7 +20,10 @@ class LanguageGuidedFusion(nn.Module):
     temperature to the padding length); padded words are masked. omega_iq and the Gate's 1x1 conv are linear,
     so they are folded into the T per-head word vectors (``fold_heads``) instead of being applied
     to the H*W pixels: same result, two (H*W x C) by (C x M*T) products. Scores and softmax in float32
-    (precision policy: ``layers/attention.py``).
+    (precision policy: ``layers/attention.py``). The pixels stay channels-first, V_i's own layout: the
+    products read transposed views, and the Gate's output, Eq. 7's 1x1 conv and its product with V_i are
+    computed as (C, H*W) maps, so no elementwise operation mixes a token-major tensor with a channel-major
+    one (strided, and several times slower on the CPU) and the result needs no copy back to (N, C, H, W).
     """
 
     def __init__(self, channels: int, text_dim: int, num_heads: int):
@@ -40,22 +43,25 @@ class LanguageGuidedFusion(nn.Module):
         """v (N, C, H, W), lang (N, T, D_l), lang_mask (N, T) -> V_li (N, C, H, W), map (N, T, H, W)."""
         n, c, h, w = v.shape
         m, t = self.num_heads, lang.shape[1]
-        x = v.flatten(2).transpose(1, 2)  # Flatten of Eq. 3: (N, H*W, C)
+        x = v.flatten(2)  # Flatten of Eq. 3, channels-first: (N, C, H*W)
         values = self.value(lang).view(n, t, m, c // m)  # L_iv, Eq. 4
         with torch.autocast(v.device.type, enabled=False):
             keys = self.key(lang.float()).view(n, t, m, c // m)  # L_ik, Eq. 4
             scale = (c // m) ** -0.5
             q_keys = fold_heads(keys, self.query.weight.t() * scale)  # (N, M*T, C): omega_iq folded into the keys
             q_bias = fold_heads(keys, self.query.bias[None] * scale)  # (N, M*T, 1)
-            scores = torch.baddbmm(q_bias.transpose(1, 2), x.float(), q_keys.transpose(1, 2))  # S_i, Eq. 3-5
+            pixels = x.float().transpose(1, 2)  # (N, H*W, C)
+            scores = torch.baddbmm(q_bias.transpose(1, 2), pixels, q_keys.transpose(1, 2))  # S_i, Eq. 3-5
             scores = scores.view(n, h * w, m, t).masked_fill(
                 ~lang_mask.bool()[:, None, None, :], float("-inf")
             )
             probs = scores.softmax(-1)
         gated_values = fold_heads(values, self.gate.weight)  # Gate's conv folded into L_iv: (N, M*T, C)
-        att = F.gelu(torch.baddbmm(self.gate.bias, probs.view(n, h * w, m * t), gated_values))  # Eq. 6
-        fused = self.reweight(att) * x  # Eq. 7
-        return fused.transpose(1, 2).view(n, c, h, w), probs.mean(2).transpose(1, 2).reshape(n, t, h, w)
+        weights = probs.view(n, h * w, m * t).transpose(1, 2)  # (N, M*T, H*W)
+        att = F.gelu(torch.baddbmm(self.gate.bias[:, None], gated_values.transpose(1, 2), weights))  # Eq. 6
+        conv = self.reweight  # Conv_1x1 of Eq. 7 on the (C, H*W) map
+        fused = torch.baddbmm(conv.bias[:, None], conv.weight.expand(n, -1, -1), att) * x  # Eq. 7
+        return fused.view(n, c, h, w), probs.mean(2).transpose(1, 2).reshape(n, t, h, w)
 
 
 def attention_deficit_map(maps: Sequence[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
