@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from detectron2.config import configurable
 from torch import nn
 
-from .layers import Attention, cell_position_encoding, fold_heads, stage_indices
+from .layers import Attention, cell_position_encoding, fold_heads, folded_query_softmax, stage_indices
 
 ADC_FUSIONS = ("sequence", "channel")
 
@@ -18,12 +18,13 @@ class LanguageGuidedFusion(nn.Module):
 
     Multi-head attention with the usual 1/sqrt(head dim) scale (the paper's 1/sqrt(l_m) would tie the
     temperature to the padding length); padded words are masked. omega_iq and the Gate's 1x1 conv are linear,
-    so they are folded into the T per-head word vectors (``fold_heads``) instead of being applied
-    to the H*W pixels: same result, two (H*W x C) by (C x M*T) products. Scores and softmax in float32
-    (precision policy: ``layers/attention.py``). The pixels stay channels-first, V_i's own layout: the
-    products read transposed views, and the Gate's output, Eq. 7's 1x1 conv and its product with V_i are
-    computed as (C, H*W) maps, so no elementwise operation mixes a token-major tensor with a channel-major
-    one (strided, and several times slower on the CPU) and the result needs no copy back to (N, C, H, W).
+    so they are folded into the T per-head word vectors (``folded_query_softmax``, ``fold_heads``) instead
+    of being applied to the H*W pixels: same result, two (H*W x C) by (C x M*T) products. Scores and softmax
+    in float32 (precision policy: ``layers/attention.py``). The pixels stay channels-first, V_i's own
+    layout: the products read transposed views, and the Gate's output, Eq. 7's 1x1 conv and its product with
+    V_i are computed as (C, H*W) maps, so no elementwise operation mixes a token-major tensor with a
+    channel-major one (strided, and several times slower on the CPU) and the result needs no copy back to
+    (N, C, H, W).
     """
 
     def __init__(self, channels: int, text_dim: int, num_heads: int):
@@ -47,15 +48,8 @@ class LanguageGuidedFusion(nn.Module):
         values = self.value(lang).view(n, t, m, c // m)  # L_iv, Eq. 4
         with torch.autocast(v.device.type, enabled=False):
             keys = self.key(lang.float()).view(n, t, m, c // m)  # L_ik, Eq. 4
-            scale = (c // m) ** -0.5
-            q_keys = fold_heads(keys, self.query.weight.t() * scale)  # (N, M*T, C): omega_iq folded into the keys
-            q_bias = fold_heads(keys, self.query.bias[None] * scale)  # (N, M*T, 1)
-            pixels = x.float().transpose(1, 2)  # (N, H*W, C)
-            scores = torch.baddbmm(q_bias.transpose(1, 2), pixels, q_keys.transpose(1, 2))  # S_i, Eq. 3-5
-            scores = scores.view(n, h * w, m, t).masked_fill(
-                ~lang_mask.bool()[:, None, None, :], float("-inf")
-            )
-            probs = scores.softmax(-1)
+            # S_i, Eq. 3-5, with omega_iq folded into the keys; the pixels read as (N, H*W, C)
+            probs = folded_query_softmax(x.float().transpose(1, 2), keys, self.query, lang_mask.bool())
         gated_values = fold_heads(values, self.gate.weight)  # Gate's conv folded into L_iv: (N, M*T, C)
         weights = probs.view(n, h * w, m * t).transpose(1, 2)  # (N, M*T, H*W)
         att = F.gelu(torch.baddbmm(self.gate.bias[:, None], gated_values.transpose(1, 2), weights))  # Eq. 6

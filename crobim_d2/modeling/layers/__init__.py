@@ -1,7 +1,7 @@
 """Building blocks shared by the paper modules: attention (with the model's precision policy), position
 encodings on cell centres, and the mapping of configured stage names to positions."""
 
-from .attention import Attention, fold_heads, scaled_dot_product_attention
+from .attention import Attention, fold_heads, folded_query_softmax, scaled_dot_product_attention
 from .position import cell_centres, cell_position_encoding, sine_position_encoding
 from .stages import stage_indices
 
@@ -10,6 +10,7 @@ __all__ = [
     "cell_centres",
     "cell_position_encoding",
     "fold_heads",
+    "folded_query_softmax",
     "scaled_dot_product_attention",
     "sine_position_encoding",
     "stage_indices",

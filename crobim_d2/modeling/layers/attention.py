@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["Attention", "fold_heads", "scaled_dot_product_attention"]
+__all__ = ["Attention", "fold_heads", "folded_query_softmax", "scaled_dot_product_attention"]
 
 
 def fold_heads(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -31,6 +31,24 @@ def fold_heads(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     tokens into the few per-head keys or values instead (``Attention(few_keys=True)``, LGFA's fusion)."""
     n, t, m, d = x.shape
     return torch.einsum("ntmd,emd->nmte", x, weight.reshape(-1, m, d).to(x.dtype)).reshape(n, m * t, -1)
+
+
+def folded_query_softmax(
+    x: torch.Tensor, keys: torch.Tensor, query: nn.Linear, key_mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Attention weights softmax_j((W_q x + b_q)_m . k_mj / sqrt(d)) of many query inputs x (N, S, D_in) over
+    the T per-head keys (N, T, M, d), without projecting the S inputs: ``query``'s weight and bias are folded
+    into the keys (``fold_heads``), one (S x D_in) by (D_in x M*T) product. -> (N, S, M, T), the softmax in
+    at least float32; ``key_mask`` (N, T) bool, True = attend."""
+    n, t, m, d = keys.shape
+    scale = d**-0.5
+    a = fold_heads(keys, query.weight.t()) * scale  # rows (m, j): W_q,m^T k_mj
+    c = fold_heads(keys, query.bias[None]) * scale  # b_q,m . k_mj
+    scores = torch.baddbmm(c.transpose(1, 2), x, a.transpose(1, 2)).view(n, -1, m, t)
+    scores = scores.to(torch.promote_types(scores.dtype, torch.float32))
+    if key_mask is not None:
+        scores = scores.masked_fill(~key_mask[:, None, None, :], float("-inf"))
+    return scores.softmax(-1)
 
 
 def scaled_dot_product_attention(
@@ -155,20 +173,11 @@ class Attention(nn.Module):
         """``few_keys``: the queries' and the output's projections folded through the T keys (class docstring)."""
         n, s, d = query.shape
         m, t = self.num_heads, key.shape[1]
-        h = d // m
-        k = self.k(key).view(n, t, m, h)
-        v = self.v(value).view(n, t, m, h)
-        scale = h**-0.5
-        # Rows (m, j): W_q,m^T k_mj and b_q,m . k_mj, scaled; and W_o,m v_mj.
-        a = fold_heads(k, self.q.weight.t()) * scale  # (N, M*T, D)
-        c = fold_heads(k, self.q.bias[None]) * scale  # (N, M*T, 1)
-        b = fold_heads(v, self.out.weight)  # (N, M*T, D)
-        scores = torch.baddbmm(c.transpose(1, 2), query, a.transpose(1, 2))
-        scores = scores.view(n, s, m, t)
-        scores = scores.to(torch.promote_types(scores.dtype, torch.float32))
-        if key_mask is not None:
-            scores = scores.masked_fill(~key_mask[:, None, None, :], float("-inf"))
-        p = F.dropout(scores.softmax(-1), self.dropout, self.training).view(n, s, m * t)
+        k = self.k(key).view(n, t, m, d // m)
+        v = self.v(value).view(n, t, m, d // m)
+        b = fold_heads(v, self.out.weight)  # rows (m, j): W_o,m v_mj, (N, M*T, D)
+        p = folded_query_softmax(query, k, self.q, key_mask)
+        p = F.dropout(p, self.dropout, self.training).view(n, s, m * t)
         return torch.baddbmm(self.out.bias.to(b.dtype), p.to(b.dtype), b)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
