@@ -4,10 +4,13 @@ import warnings
 
 import pytest
 import torch
+import torch.nn.functional as F
 from detectron2.config import get_cfg
 
 from crobim_d2 import add_crobim_config
+from crobim_d2.modeling.layers import linear
 from crobim_d2.modeling.mid import MutualInteractionDecoder
+from crobim_d2.precision import cpu_has_native_bf16
 
 CHANNELS = [8, 16, 32, 64]
 
@@ -168,3 +171,50 @@ def test_fused_ffn_and_projections_equal_the_plain_layers():
     for f in (feature, feature.contiguous(memory_format=torch.channels_last)):
         want = mid.input_proj[1](f.flatten(2).transpose(1, 2).contiguous())
         assert torch.allclose(project_tokens(mid.input_proj[1], f), want, atol=1e-12)
+
+
+@pytest.mark.skipif(not linear.ONEDNN_LINEAR, reason="torch built without oneDNN")
+@pytest.mark.parametrize("dtype", ["float32", pytest.param("bfloat16", marks=pytest.mark.skipif(
+    not cpu_has_native_bf16(), reason="this CPU has no native bfloat16"))])
+def test_ffn_inference_through_onednn_equals_the_plain_layers(monkeypatch, dtype):
+    """In CPU inference the FFN runs oneDNN's fused linear(+ReLU) primitive and gives what Linear, ReLU,
+    Linear give, in the dtype F.linear gives under the same autocast; with autograd on it does not run."""
+    from crobim_d2.modeling.mid import FFN
+
+    torch.manual_seed(0)
+    ffn = FFN(32, 96, 0.1).eval()
+    x = torch.randn(2, 300, 32)
+    calls = []
+    fused = torch.ops.mkldnn._linear_pointwise
+    monkeypatch.setattr(linear.torch.ops.mkldnn, "_linear_pointwise", lambda *a: calls.append(a[3]) or fused(*a))
+    bf16 = dtype == "bfloat16"
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch.no_grad():
+            out = ffn(x)
+            plain = ffn[3](ffn[1](ffn[0](x)))
+        assert calls == ["relu", "none"]
+        assert out.dtype == plain.dtype == (torch.bfloat16 if bf16 else torch.float32) and out.shape == x.shape
+        torch.testing.assert_close(out, plain, rtol=0, atol=(2e-2 if bf16 else 1e-5) * plain.abs().max().item())
+        with_grad = ffn(x)  # autograd on: the plain path
+    assert calls == ["relu", "none"] and with_grad.requires_grad
+
+    ffn.train()  # training mode with dropout under no_grad: dropout must still apply, so the plain path
+    with torch.no_grad():
+        dropped = ffn(x)
+    assert calls == ["relu", "none"] and not torch.allclose(dropped.float(), out.float(), atol=1e-3)
+
+
+def test_fused_linear_falls_back_where_onednn_does_not_apply(monkeypatch):
+    """Without the oneDNN op (or for float64 / under autograd) fused_linear is F.linear (+ ReLU)."""
+    torch.manual_seed(0)
+    w, b = torch.randn(5, 4), torch.randn(5)
+    x = torch.randn(3, 2, 4)
+    with torch.no_grad():
+        assert not linear.fused_linear_applies(x.double()) and not linear.fused_linear_applies(x[:0])
+        torch.testing.assert_close(linear.fused_linear(x.double(), w.double(), b.double(), relu=True),
+                                   F.linear(x.double(), w.double(), b.double()).relu())
+        monkeypatch.setattr(linear, "ONEDNN_LINEAR", False)
+        assert not linear.fused_linear_applies(x)
+        torch.testing.assert_close(linear.fused_linear(x, w, None), F.linear(x, w))
+    monkeypatch.setattr(linear, "ONEDNN_LINEAR", True)
+    assert not linear.fused_linear_applies(x)  # autograd on

@@ -1,7 +1,9 @@
-"""Building blocks shared by the paper modules: attention (with the model's precision policy), position
-encodings on cell centres, and the mapping of configured stage names to positions."""
+"""Building blocks shared by the paper modules: attention (with the model's precision policy), oneDNN's fused
+linear layers for CPU inference, position encodings on cell centres, and the mapping of configured stage
+names to positions."""
 
 from .attention import Attention, fold_heads, folded_query_softmax, scaled_dot_product_attention
+from .linear import fused_linear, fused_linear_applies
 from .position import cell_centres, cell_position_encoding, sine_position_encoding
 from .stages import stage_indices
 
@@ -11,6 +13,8 @@ __all__ = [
     "cell_position_encoding",
     "fold_heads",
     "folded_query_softmax",
+    "fused_linear",
+    "fused_linear_applies",
     "scaled_dot_product_attention",
     "sine_position_encoding",
     "stage_indices",
