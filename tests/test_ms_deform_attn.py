@@ -213,6 +213,27 @@ def test_module_shapes_and_autocast(impl):
     torch.testing.assert_close(low.float(), out, rtol=0.1, atol=0.1)
 
 
+
+def test_module_attention_weights_are_a_float32_softmax_under_autocast(monkeypatch):
+    """Under bfloat16 autocast the kernel gets float32 attention weights computed from the logits in float32,
+    not bfloat16 weights widened again."""
+    from crobim_d2.modeling.ops import modules
+
+    torch.manual_seed(0)
+    attn = MSDeformAttn(d_model=32, n_levels=2, n_heads=4, n_points=3)
+    torch.nn.init.normal_(attn.attention_weights.weight)
+    value, spatial, starts, _, _ = make_inputs(1, 1, 1, 32, 1, [(8, 6), (4, 3)], dtype=torch.float32)
+    query, ref, flat = torch.randn(1, 7, 32), torch.rand(1, 7, 2, 2), value.view(1, -1, 32)
+    seen = []
+    kernel = modules.IMPLEMENTATIONS["auto"]
+    monkeypatch.setitem(modules.IMPLEMENTATIONS, "auto", lambda *a: seen.append(a[4]) or kernel(*a))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        attn(query, ref, flat, spatial, starts)
+        logits = attn.sampling_projections(query)[1]
+    assert logits.dtype == torch.bfloat16 and seen[0].dtype == torch.float32
+    want = logits.float().view(1, 7, 4, 6).softmax(-1).view(seen[0].shape)
+    torch.testing.assert_close(seen[0], want, rtol=0, atol=1e-6)
+
 def test_module_init_follows_deformable_detr():
     attn = MSDeformAttn(d_model=64, n_levels=3, n_heads=8, n_points=4)
     bias = attn.sampling_offsets.bias.view(8, 3, 4, 2)

@@ -45,10 +45,10 @@ def folded_query_softmax(
     a = fold_heads(keys, query.weight.t()) * scale  # rows (m, j): W_q,m^T k_mj
     c = fold_heads(keys, query.bias[None]) * scale  # b_q,m . k_mj
     scores = torch.baddbmm(c.transpose(1, 2), x, a.transpose(1, 2)).view(n, -1, m, t)
-    scores = scores.to(torch.promote_types(scores.dtype, torch.float32))
     if key_mask is not None:
         scores = scores.masked_fill(~key_mask[:, None, None, :], float("-inf"))
-    return scores.softmax(-1)
+    # The softmax reads the autocast-dtype scores and computes in float32: no float32 copy of them first.
+    return scores.softmax(-1, dtype=torch.promote_types(scores.dtype, torch.float32))
 
 
 def scaled_dot_product_attention(

@@ -97,7 +97,10 @@ class MSDeformAttn(nn.Module):
         offsets, weights = self.sampling_projections(query)
         offsets = offsets.reshape(n, lq, self.n_heads, self.n_levels, self.n_points, 2)
         weights = weights.reshape(n, lq, self.n_heads, self.n_levels * self.n_points)
-        weights = F.softmax(weights, -1).view(n, lq, self.n_heads, self.n_levels, self.n_points)
+        # float32 weights also under autocast (the kernels take them in float32): the softmax computes in float32
+        # from the autocast-dtype logits, instead of rounding the weights to bfloat16 and widening them again.
+        weights = F.softmax(weights, -1, dtype=torch.promote_types(weights.dtype, torch.float32))
+        weights = weights.view(n, lq, self.n_heads, self.n_levels, self.n_points)
         if reference_points.shape[-1] == 2:
             # reference + offset / (W_l, H_l), with the (level, point, xy) axes flattened into rows of
             # L * P * 2: the broadcasts then run over contiguous rows, not over a last axis of 2.
