@@ -205,17 +205,23 @@ def test_ffn_inference_through_onednn_equals_the_plain_layers(monkeypatch, dtype
     assert calls == ["relu", "none"] and not torch.allclose(dropped.float(), out.float(), atol=1e-3)
 
 
-def test_fused_linear_falls_back_where_onednn_does_not_apply(monkeypatch):
-    """Without the oneDNN op (or for float64 / under autograd) fused_linear is F.linear (+ ReLU)."""
+def test_ffn_keeps_the_plain_layers_where_onednn_does_not_apply(monkeypatch):
+    """Without the oneDNN op (or for float64 / empty inputs / under autograd) the FFN is F.linear, ReLU,
+    F.linear."""
+    from crobim_d2.modeling.mid import FFN
+
     torch.manual_seed(0)
-    w, b = torch.randn(5, 4), torch.randn(5)
+    ffn = FFN(4, 5, 0.0).eval()
     x = torch.randn(3, 2, 4)
     with torch.no_grad():
         assert not linear.fused_linear_applies(x.double()) and not linear.fused_linear_applies(x[:0])
-        torch.testing.assert_close(linear.fused_linear(x.double(), w.double(), b.double(), relu=True),
-                                   F.linear(x.double(), w.double(), b.double()).relu())
+        double = ffn.double()
+        torch.testing.assert_close(double(x.double()),
+                                   F.linear(F.linear(x.double(), double[0].weight, double[0].bias).relu(),
+                                            double[3].weight, double[3].bias))
+        ffn.float()
         monkeypatch.setattr(linear, "ONEDNN_LINEAR", False)
         assert not linear.fused_linear_applies(x)
-        torch.testing.assert_close(linear.fused_linear(x, w, None), F.linear(x, w))
+        torch.testing.assert_close(ffn(x), ffn[3](ffn[0](x).relu()))
     monkeypatch.setattr(linear, "ONEDNN_LINEAR", True)
     assert not linear.fused_linear_applies(x)  # autograd on

@@ -213,7 +213,6 @@ def test_module_shapes_and_autocast(impl):
     torch.testing.assert_close(low.float(), out, rtol=0.1, atol=0.1)
 
 
-
 def test_module_attention_weights_are_a_float32_softmax_under_autocast(monkeypatch):
     """Under bfloat16 autocast the kernel gets float32 attention weights computed from the logits in float32,
     not bfloat16 weights widened again."""
@@ -233,6 +232,7 @@ def test_module_attention_weights_are_a_float32_softmax_under_autocast(monkeypat
     assert logits.dtype == torch.bfloat16 and seen[0].dtype == torch.float32
     want = logits.float().view(1, 7, 4, 6).softmax(-1).view(seen[0].shape)
     torch.testing.assert_close(seen[0], want, rtol=0, atol=1e-6)
+
 
 def test_module_init_follows_deformable_detr():
     attn = MSDeformAttn(d_model=64, n_levels=3, n_heads=8, n_points=4)

@@ -7,11 +7,10 @@ FFN over the ~19k tokens of V_ms the output is a 19k x 1024 matrix, so the passe
 has no autograd formula, so it is used only where no graph is recorded (inference under ``no_grad`` /
 ``inference_mode``); training keeps ``F.linear``. It computes in the dtype ``F.linear`` would under the
 current CPU autocast (precision policy: ``attention.py``), float32 or, where the CPU runs it natively,
-bfloat16; anything else falls back to ``F.linear``.
+bfloat16; anything else keeps ``F.linear``.
 """
 
 import torch
-import torch.nn.functional as F
 
 from ...precision import cpu_has_native_bf16
 
@@ -45,10 +44,7 @@ def fused_linear(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, relu: bool = False
 ) -> torch.Tensor:
     """``F.linear(x, weight, bias)``, then ReLU if ``relu``, as one oneDNN primitive; x (..., K) -> (..., N).
-    Where ``fused_linear_applies(x)`` is false this is the plain computation."""
-    if not fused_linear_applies(x):
-        out = F.linear(x, weight, bias)
-        return out.relu_() if relu else out
+    Only where ``fused_linear_applies(x)``: the caller decides once, and keeps its own plain path otherwise."""
     dtype = _compute_dtype(x)
     flat = x.reshape(-1, x.shape[-1]).to(dtype).contiguous()
     out = torch.ops.mkldnn._linear_pointwise(
