@@ -6,6 +6,11 @@ tokens. Each measurement times CroBIM and the floor interleaved, repeat after re
 both see the same CPU load; the ratio is the median of the per-repeat ratios. The issue's goals: inference
 <= 1.25x the floor, a batch-2 training step (forward, loss, backward) <= 1.2x.
 
+CroBIM's Swin-B / ConvNeXt-B run their linear layers through oneDNN where that is faster
+(crobim_d2/modeling/layers/linear.py), which timm's do not. So each repeat also times the same timm backbone
+with those layers ("backbone on oneDNN"), and "ratio, same encoders" is CroBIM over that backbone plus BERT:
+what CroBIM's heads cost on top of the encoders exactly as CroBIM runs them.
+
 Modes (each in its own subprocess, so that its peak RSS is its own; "peak MiB" is the growth of the peak RSS
 over the built models'):
   infer_float32 / infer_bfloat16     batch 1; bfloat16 = MODEL.CROBIM.INFERENCE_DTYPE, the floor under the same
@@ -155,9 +160,14 @@ class Floor:
         import torch
         from transformers import BertConfig, BertModel
 
+        from crobim_d2.modeling.layers.linear import use_onednn_linears
+
         name, kwargs = FLOOR_BACKBONES[config]
         torch.manual_seed(1)
         self.backbone = timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
+        self.backbone_onednn = timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
+        self.backbone_onednn.load_state_dict(self.backbone.state_dict())
+        use_onednn_linears(self.backbone_onednn)
         self.bert = BertModel(BertConfig(), add_pooling_layer=False)
         s = cfg.INPUT.IMAGE_SIZE
         self.images = torch.randn(len(inputs), 3, s, s)
@@ -166,31 +176,36 @@ class Floor:
 
     def train(self, mode: bool) -> None:
         self.backbone.train(mode)
+        self.backbone_onednn.train(mode)
         self.bert.train(mode)
 
     def __call__(self, dtype, backward: bool) -> dict:
-        """Seconds of the backbone and of BERT (forward, and backward of a mean when ``backward``)."""
+        """Seconds of the backbone, the backbone on oneDNN and BERT (forward, and backward of a mean when
+        ``backward``)."""
         import torch
 
         seconds = {}
-        start = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
-            features = self.backbone.forward_features(self.images)
-        if backward:
-            features.float().mean().backward()
-        seconds["backbone"] = time.perf_counter() - start
+        for key, backbone in (("backbone", self.backbone), ("backbone_onednn", self.backbone_onednn)):
+            start = time.perf_counter()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
+                features = backbone.forward_features(self.images)
+            if backward:
+                features.float().mean().backward()
+                backbone.zero_grad(set_to_none=True)
+            seconds[key] = time.perf_counter() - start
         start = time.perf_counter()
         hidden = self.bert(input_ids=self.tokens, attention_mask=self.mask).last_hidden_state
         if backward:
             hidden.mean().backward()
-            self.backbone.zero_grad(set_to_none=True)
             self.bert.zero_grad(set_to_none=True)
         seconds["bert"] = time.perf_counter() - start
         return seconds
 
 
 def interleaved(crobim_step, floor_step, repeats: int) -> dict:
-    """Median seconds of CroBIM's step, the floor's parts and their sum, and the median per-repeat ratio."""
+    """Median seconds of CroBIM's step, the floor's parts and the floor (backbone + BERT), and the median
+    per-repeat ratio; where the floor step also times ``backbone_onednn``, the same against that backbone
+    plus BERT (``floor_onednn``, ``ratio_onednn``)."""
     rows, crobim_all = [], []
     for i in range(repeats + 1):  # the first round warms up (oneDNN kernels per shape, allocator)
         start = time.perf_counter()
@@ -198,11 +213,17 @@ def interleaved(crobim_step, floor_step, repeats: int) -> dict:
         crobim_all.append(time.perf_counter() - start)
         floor = floor_step()
         if i:
-            rows.append({"crobim": crobim_all[-1], **floor, "floor": sum(floor.values())})
+            row = {"crobim": crobim_all[-1], **floor, "floor": floor["backbone"] + floor["bert"]}
+            if "backbone_onednn" in floor:
+                row["floor_onednn"] = floor["backbone_onednn"] + floor["bert"]
+            rows.append(row)
     result = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
     result["crobim_seconds_all_rounds"] = sum(crobim_all)
-    result["ratio"] = statistics.median(r["crobim"] / r["floor"] for r in rows)
-    result["ratios"] = [r["crobim"] / r["floor"] for r in rows]
+    for suffix in ("", "_onednn"):
+        if "floor" + suffix in rows[0]:
+            ratios = [r["crobim"] / r["floor" + suffix] for r in rows]
+            result["ratio" + suffix] = statistics.median(ratios)
+            result["ratios" + suffix] = ratios
     return result
 
 
@@ -212,11 +233,19 @@ def count_gflop(model, floor: Floor, inputs: list) -> dict:
     import torch
     from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
+    from crobim_d2.modeling.layers.linear import ONEDNN_LINEAR
+
     def cpu_flash_attention(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
         return sdpa_flop_count(query_shape, key_shape, value_shape)
 
-    # The counter has no formula for the CPU flash-attention kernel (Swin's windows, BERT, CroBIM's attention).
+    def onednn_linear(x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:
+        return 2 * math.prod(x_shape) * w_shape[0]
+
+    # The counter has no formula for the CPU flash-attention kernel (Swin's windows, BERT, CroBIM's attention)
+    # nor for oneDNN's linear op (CroBIM's encoders, layers/linear.py).
     mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: cpu_flash_attention}
+    if ONEDNN_LINEAR:
+        mapping[torch.ops.mkldnn._linear_pointwise] = onednn_linear
     counts = {}
     for name, fn in (("crobim", lambda: model(inputs)), ("backbone", lambda: floor.backbone.forward_features(
             floor.images)), ("bert", lambda: floor.bert(input_ids=floor.tokens, attention_mask=floor.mask))):
@@ -369,8 +398,9 @@ def fmt(x: float | None, digits: int = 2) -> str:
 def print_table(results: dict, cpu: str) -> None:
     print(f"CPU: {cpu}")
     print("| config | measurement | CroBIM s | backbone alone s | BERT alone s | floor s | ratio (goal) | "
+          "per-repeat ratios | backbone on oneDNN s | ratio, same encoders | "
           "FLOP ratio | peak MiB | load avg | GEMM GFLOP/s fp32 / bf16 | denormals |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     goals = {"infer": 1.25, "train": 1.2}
     for name, r in results.items():
         for mode, x in r.items():
@@ -379,8 +409,10 @@ def print_table(results: dict, cpu: str) -> None:
             goal = goals[mode.split("_")[0]]
             gemm = " / ".join(fmt(x["gemm_gflops"][k], 0) for k in ("float32", "bfloat16"))
             load = f"{x['load_average_before']:.1f}-{x['load_average_after']:.1f}"
+            spread = f"{fmt(min(x['ratios']))}-{fmt(max(x['ratios']))}"
             print(f"| {name} | {mode} | {fmt(x['crobim'])} | {fmt(x['backbone'])} | {fmt(x['bert'])} | "
-                  f"{fmt(x['floor'])} | {fmt(x['ratio'])} ({goal}) | {fmt(x.get('gflop', {}).get('ratio'), 3)} | "
+                  f"{fmt(x['floor'])} | {fmt(x['ratio'])} ({goal}) | {spread} | {fmt(x.get('backbone_onednn'))} | "
+                  f"{fmt(x.get('ratio_onednn'))} | {fmt(x.get('gflop', {}).get('ratio'), 3)} | "
                   f"{fmt(x['peak_mib'], 0)} | {load} | {gemm} | {x.get('denormals', '-')} |")
     shares = [(n, m, x["share"]) for n, r in results.items() for m, x in r.items() if "share" in x]
     if shares:

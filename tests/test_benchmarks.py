@@ -4,6 +4,8 @@ import sys
 
 import pytest
 
+from crobim_d2.modeling.layers import linear
+
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
 import gpu_model
 import model as model_bench
@@ -32,6 +34,24 @@ def test_interleaved_ratio_is_the_median_of_per_round_ratios(monkeypatch):
     assert result["ratio"] == 2.5  # the ratio of the medians would be 4.0 / 2.0
     assert result["crobim"] == 4.0 and result["floor"] == 2.0 and result["backbone"] == 1.5
     assert result["crobim_seconds_all_rounds"] == 20.0
+    assert "ratio_onednn" not in result  # a floor without the oneDNN backbone
+
+
+def test_interleaved_also_ratios_against_the_onednn_backbone(monkeypatch):
+    clock = FakeClock()
+    monkeypatch.setattr(model_bench.time, "perf_counter", clock)
+    crobim = iter([9.0, 3.0, 6.0])
+    floor = iter([{"backbone": 1.0, "backbone_onednn": 1.0, "bert": 1.0},
+                  {"backbone": 2.0, "backbone_onednn": 1.0, "bert": 1.0},
+                  {"backbone": 4.0, "backbone_onednn": 2.0, "bert": 1.0}])
+
+    def crobim_step():
+        clock.now += next(crobim)
+
+    result = model_bench.interleaved(crobim_step, lambda: next(floor), repeats=2)
+    assert result["ratios"] == [1.0, 6.0 / 5.0]  # the floor is backbone + BERT, not the oneDNN backbone too
+    assert result["ratios_onednn"] == [1.5, 2.0] and result["ratio_onednn"] == 1.75
+    assert result["floor_onednn"] == 2.5 and result["backbone_onednn"] == 1.5
 
 
 def test_cpu_line_says_emulated(monkeypatch):
@@ -82,6 +102,24 @@ def test_flop_count_includes_the_cpu_attention_kernel():
     counts = model_bench.count_gflop(lambda inputs: F.scaled_dot_product_attention(q, q, q), floor, [])
     assert counts["crobim"] * 1e9 == 2 * 2 * (2 * 10 * 10 * 8)  # Q K^T and P V
     assert counts["backbone"] * 1e9 == 2 * 4**3 and counts["bert"] == 0
+
+
+@pytest.mark.skipif(not linear.ONEDNN_LINEAR, reason="torch built without oneDNN")
+def test_flop_count_includes_onednn_linear_layers(monkeypatch):
+    """CroBIM's encoders run their linear layers through oneDNN's op on AVX-512 CPUs: the count has them."""
+    import types
+
+    import torch
+
+    monkeypatch.setattr(linear, "_avx512", lambda: True)
+    layer = linear.OneDNNLinear(8, 5)
+    x = torch.randn(3, 7, 8)
+    floor = types.SimpleNamespace(
+        backbone=types.SimpleNamespace(forward_features=lambda x: x @ x), images=torch.randn(2, 2),
+        bert=lambda input_ids, attention_mask: None, tokens=None, mask=None,
+    )
+    counts = model_bench.count_gflop(lambda inputs: layer(x), floor, [])
+    assert counts["crobim"] * 1e9 == 2 * 3 * 7 * 8 * 5
 
 
 FLUSH_PROBE = """

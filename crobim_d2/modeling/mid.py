@@ -25,7 +25,7 @@ class FFN(nn.Sequential):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         fc1, _, drop, fc2 = self
         if fused_linear_applies(x) and not (self.training and drop.p > 0):
-            return fused_linear(fused_linear(x, fc1.weight, fc1.bias, relu=True), fc2.weight, fc2.bias)
+            return fused_linear(fused_linear(x, fc1.weight, fc1.bias, "relu"), fc2.weight, fc2.bias)
         hidden = F.linear(x.reshape(-1, x.shape[-1]), fc1.weight, fc1.bias).relu_()
         return fc2(drop(hidden)).view(*x.shape[:-1], -1)
 

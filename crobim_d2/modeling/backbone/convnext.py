@@ -19,6 +19,8 @@ from timm.layers import LayerNorm2d
 from timm.models.convnext import ConvNeXt
 from torch import nn
 
+from ..layers.linear import use_onednn_linears
+
 STAGE_NAMES = ("res2", "res3", "res4", "res5")
 
 
@@ -60,6 +62,7 @@ class D2ConvNeXt(Backbone):
         self.convnext.stages = self.convnext.stages[: max(self._stage_ids) + 1]
         self.convnext.head = nn.Identity()
         self.convnext.set_grad_checkpointing(use_checkpoint)
+        use_onednn_linears(self.convnext)  # CPU speed only; the same parameters and outputs
         for i in self._stage_ids:
             self.add_module(f"norm{i}", LayerNorm2d(dims[i], eps=1e-6))
         self._out_feature_channels = {STAGE_NAMES[i]: dims[i] for i in self._stage_ids}

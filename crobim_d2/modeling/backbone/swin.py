@@ -24,6 +24,8 @@ from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from timm.models.swin_transformer import SwinTransformer
 from torch import nn
 
+from ..layers.linear import use_onednn_linears
+
 STAGE_NAMES = ("res2", "res3", "res4", "res5")
 
 
@@ -79,6 +81,7 @@ class D2SwinTransformer(Backbone):
         self.swin.norm = nn.Identity()
         self.swin.head = nn.Identity()
         self.swin.set_grad_checkpointing(use_checkpoint)
+        use_onednn_linears(self.swin)  # CPU speed only; the same parameters and outputs
         dims = [embed_dim * 2**i for i in range(4)]
         for i in self._stage_ids:
             self.add_module(f"norm{i}", nn.LayerNorm(dims[i]))

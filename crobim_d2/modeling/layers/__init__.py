@@ -1,14 +1,16 @@
-"""Building blocks shared by the paper modules: attention (with the model's precision policy), oneDNN's fused
-linear layers for CPU inference, position encodings on cell centres, and the mapping of configured stage
-names to positions."""
+"""Building blocks shared by the paper modules: attention (with the model's precision policy), linear layers
+through oneDNN on the CPU (fused for inference, and the image encoders' layers), position encodings on cell
+centres, and the mapping of configured stage names to positions."""
 
 from .attention import Attention, fold_heads, folded_query_softmax, scaled_dot_product_attention
-from .linear import fused_linear, fused_linear_applies
+from .linear import OneDNNLinear, OneDNNMlp, fused_linear, fused_linear_applies, use_onednn_linears
 from .position import cell_centres, cell_position_encoding, sine_position_encoding
 from .stages import stage_indices
 
 __all__ = [
     "Attention",
+    "OneDNNLinear",
+    "OneDNNMlp",
     "cell_centres",
     "cell_position_encoding",
     "fold_heads",
@@ -18,4 +20,5 @@ __all__ = [
     "scaled_dot_product_attention",
     "sine_position_encoding",
     "stage_indices",
+    "use_onednn_linears",
 ]
