@@ -71,6 +71,7 @@ realrs:
 
 bench: install
 	$(PY) benchmarks/msda.py
+	$(PY) benchmarks/linear.py
 	$(PY) benchmarks/model.py
 
 # What benchmarks/gpu_check.sh needs on a GPU machine without network (wheels, detectron2's source); no venv.

@@ -8,7 +8,14 @@ import torch.nn.functional as F
 from detectron2.config import configurable
 from torch import nn
 
-from .layers import Attention, cell_position_encoding, fold_heads, folded_query_softmax, stage_indices
+from .layers import (
+    Attention,
+    cell_position_encoding,
+    fold_heads,
+    folded_query_softmax,
+    stage_indices,
+    use_onednn_linears,
+)
 
 ADC_FUSIONS = ("sequence", "channel")
 
@@ -272,6 +279,7 @@ class LanguageGuidedFeatureAggregation(nn.Module):
             self.adc = SequenceCompensation(in_channels, adc_stages, topk, adc_dim, num_heads)
         elif adc_stages:
             self.adc = ChannelCompensation(in_channels, adc_stages, topk, adc_dim, num_heads, adc_grid_size)
+        use_onednn_linears(self)  # CPU speed only (layers/linear.py); the same parameters and outputs
 
     @classmethod
     def from_config(cls, cfg, in_channels: list[int], text_dim: int) -> dict:

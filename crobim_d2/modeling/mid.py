@@ -6,7 +6,14 @@ from detectron2.config import configurable
 from torch import nn
 
 from . import ops
-from .layers import Attention, cell_centres, fused_linear, fused_linear_applies, sine_position_encoding
+from .layers import (
+    Attention,
+    cell_centres,
+    fused_linear,
+    fused_linear_applies,
+    sine_position_encoding,
+    use_onednn_linears,
+)
 
 ATTENTION_SCHEMES = ("cascaded", "unidirectional", "parallel")
 
@@ -26,7 +33,7 @@ class FFN(nn.Sequential):
         fc1, _, drop, fc2 = self
         if fused_linear_applies(x) and not (self.training and drop.p > 0):
             return fused_linear(fused_linear(x, fc1.weight, fc1.bias, "relu"), fc2.weight, fc2.bias)
-        hidden = F.linear(x.reshape(-1, x.shape[-1]), fc1.weight, fc1.bias).relu_()
+        hidden = fc1(x.reshape(-1, x.shape[-1])).relu_()
         return fc2(drop(hidden)).view(*x.shape[:-1], -1)
 
 
@@ -176,6 +183,7 @@ class MutualInteractionDecoder(nn.Module):
         )
         self.mask_embed = nn.Linear(hidden_dim, hidden_dim)  # the 1x1 conv giving V_out, Eq. 17
         self.cls_embed = nn.Linear(hidden_dim, hidden_dim)  # L_out, Eq. 17
+        use_onednn_linears(self)  # CPU speed only (layers/linear.py); the same parameters and outputs
 
     @classmethod
     def from_config(cls, cfg, in_channels: list[int], text_dim: int) -> dict:
