@@ -7,13 +7,15 @@ has no autograd formula, so ``fused_linear`` runs only where no graph is recorde
 ``inference_mode``). It computes in the dtype ``F.linear`` would under the current CPU autocast (precision
 policy: ``attention.py``), float32 or, where the CPU runs it natively, bfloat16; anything else keeps ``F.linear``.
 
-float32 products also differ in who computes them: ``F.linear`` runs them on MKL, this op on oneDNN. On
-AVX-512 CPUs oneDNN runs them faster than MKL does (MKL does not use all of AVX-512 on every vendor's CPU);
-with AVX2 alone neither is consistently faster, so there the encoders keep MKL unless a fused activation
-pays for the switch (``float32_needs_avx512``). ``OneDNNLinear`` / ``OneDNNMlp`` carry this into the image
-encoders (``use_onednn_linears``): fused inference, and in float32 training on AVX-512 an autograd function
-whose forward and input gradient run on oneDNN (the weight gradient, a product over all tokens, stays
-``torch.mm``). The numbers are in projects/CroBIM/README.md ("Benchmarks").
+float32 products also differ in who computes them: ``F.linear`` runs them on MKL, this op on oneDNN. On the
+AVX-512 CPU measured (an AMD EPYC) oneDNN ran them faster than MKL, which does not use all of AVX-512 on
+every vendor's CPU; with AVX2 alone neither was consistently faster. So only MID's FFN, whose fused bias and
+ReLU over a 19k x 1024 output were measured to pay for the switch on AVX2 too, takes float32 oneDNN
+everywhere; every other layer asks with ``float32_needs_avx512``. ``OneDNNLinear`` / ``OneDNNMlp`` carry
+this into the image encoders, LGFA and MID (``use_onednn_linears``): fused inference, and in float32
+training on AVX-512 an autograd function whose forward and input gradient run on oneDNN (the weight
+gradient, a product over all tokens, stays ``torch.mm``). The numbers are in projects/CroBIM/README.md
+("Linear layers on the CPU", "Benchmarks").
 """
 
 import torch
