@@ -187,3 +187,17 @@ def test_backbones_on_onednn_equal_timm_layers_in_inference_and_training(monkeyp
     grads = dict(plain.named_parameters())
     for name, p in fast.named_parameters():
         torch.testing.assert_close(p.grad, grads[name].grad, rtol=1e-3, atol=1e-5, msg=name)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_on_cuda_the_layers_are_nn_linear_and_timm_mlp(op_calls):
+    plain, fast = plain_and_onednn(lambda: Mlp(16, 32))
+    plain, fast = plain.cuda(), fast.cuda()
+    x = torch.randn(4, 9, 16, device="cuda", requires_grad=True)
+    for model in (plain, fast):
+        model(x).square().sum().backward()
+    assert op_calls == []
+    torch.testing.assert_close(fast.fc1.weight.grad, plain.fc1.weight.grad)
+    with torch.no_grad():
+        torch.testing.assert_close(fast.eval()(x), plain.eval()(x))
+    assert op_calls == []
