@@ -201,3 +201,26 @@ def test_on_cuda_the_layers_are_nn_linear_and_timm_mlp(op_calls):
     with torch.no_grad():
         torch.testing.assert_close(fast.eval()(x), plain.eval()(x))
     assert op_calls == []
+
+
+@needs_onednn
+def test_gradient_checkpointing_recomputes_through_the_onednn_function(monkeypatch, op_calls):
+    """USE_CHECKPOINT re-runs the forward in backward; the oneDNN function gives the same gradients there."""
+    monkeypatch.setattr(linear, "_avx512", lambda: True)
+
+    def make(use_checkpoint):
+        torch.manual_seed(0)
+        return D2SwinTransformer(img_size=64, embed_dim=16, depths=(1, 1, 2, 1), num_heads=(1, 2, 2, 4),
+                                 window_size=4, drop_path_rate=0.0, use_checkpoint=use_checkpoint)
+
+    x = torch.randn(1, 3, 64, 64)
+    grads, calls = [], []
+    for use_checkpoint in (False, True):
+        model = make(use_checkpoint)
+        op_calls.clear()
+        sum(o.square().mean() for o in model(x).values()).backward()
+        grads.append({n: p.grad for n, p in model.named_parameters()})
+        calls.append(len(op_calls))
+    assert calls[1] > calls[0] > 0  # the recomputed forwards call it again
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grads[1][name], grad, rtol=1e-4, atol=1e-6, msg=name)
