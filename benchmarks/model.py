@@ -397,23 +397,22 @@ def fmt(x: float | None, digits: int = 2) -> str:
 
 def print_table(results: dict, cpu: str) -> None:
     print(f"CPU: {cpu}")
-    print("| config | measurement | CroBIM s | backbone alone s | BERT alone s | floor s | ratio (goal) | "
-          "per-repeat ratios | backbone on oneDNN s | ratio, same encoders | "
-          "FLOP ratio | peak MiB | load avg | GEMM GFLOP/s fp32 / bf16 | denormals |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     goals = {"infer": 1.25, "train": 1.2}
-    for name, r in results.items():
-        for mode, x in r.items():
-            if "ratio" not in x:
-                continue
-            goal = goals[mode.split("_")[0]]
-            gemm = " / ".join(fmt(x["gemm_gflops"][k], 0) for k in ("float32", "bfloat16"))
-            load = f"{x['load_average_before']:.1f}-{x['load_average_after']:.1f}"
-            spread = f"{fmt(min(x['ratios']))}-{fmt(max(x['ratios']))}"
-            print(f"| {name} | {mode} | {fmt(x['crobim'])} | {fmt(x['backbone'])} | {fmt(x['bert'])} | "
-                  f"{fmt(x['floor'])} | {fmt(x['ratio'])} ({goal}) | {spread} | {fmt(x.get('backbone_onednn'))} | "
-                  f"{fmt(x.get('ratio_onednn'))} | {fmt(x.get('gflop', {}).get('ratio'), 3)} | "
-                  f"{fmt(x['peak_mib'], 0)} | {load} | {gemm} | {x.get('denormals', '-')} |")
+    rows = [(name, mode, x) for name, r in results.items() for mode, x in r.items() if "ratio" in x]
+    if rows:  # not for an agreement-only run
+        print("| config | measurement | CroBIM s | backbone alone s | BERT alone s | floor s | ratio (goal) | "
+              "per-repeat ratios | backbone on oneDNN s | ratio, same encoders | "
+              "FLOP ratio | peak MiB | load avg | GEMM GFLOP/s fp32 / bf16 | denormals |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for name, mode, x in rows:
+        goal = goals[mode.split("_")[0]]
+        gemm = " / ".join(fmt(x["gemm_gflops"][k], 0) for k in ("float32", "bfloat16"))
+        load = f"{x['load_average_before']:.1f}-{x['load_average_after']:.1f}"
+        spread = f"{fmt(min(x['ratios']))}-{fmt(max(x['ratios']))}"
+        print(f"| {name} | {mode} | {fmt(x['crobim'])} | {fmt(x['backbone'])} | {fmt(x['bert'])} | "
+              f"{fmt(x['floor'])} | {fmt(x['ratio'])} ({goal}) | {spread} | {fmt(x.get('backbone_onednn'))} | "
+              f"{fmt(x.get('ratio_onednn'))} | {fmt(x.get('gflop', {}).get('ratio'), 3)} | "
+              f"{fmt(x['peak_mib'], 0)} | {load} | {gemm} | {x.get('denormals', '-')} |")
     shares = [(n, m, x["share"]) for n, r in results.items() for m, x in r.items() if "share" in x]
     if shares:
         print("\n| config | inference | " + " | ".join(COMPONENTS) + " | other |")
