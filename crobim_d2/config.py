@@ -101,6 +101,9 @@ def add_crobim_config(cfg: CN) -> None:
     cfg.MODEL.CROBIM.MID_FFN_DIM = 1024
     cfg.MODEL.CROBIM.MID_ATTENTION = "cascaded"  # "cascaded" | "unidirectional" | "parallel"
     cfg.MODEL.CROBIM.MSDA_IMPL = "auto"  # "auto" (compiled kernel when built) | "pytorch"
+    # Linear layers on the CPU through oneDNN (modeling/layers/linear.py): "auto" where it was measured faster,
+    # "always" (float32 too on CPUs without AVX-512), "never" (F.linear everywhere). Speed only.
+    cfg.MODEL.CROBIM.ONEDNN_LINEAR = "auto"
     cfg.MODEL.CROBIM.DROPOUT = 0.0
     # Loss (Eq. 18): LOSS_LAMBDA * CE + (1 - LOSS_LAMBDA) * Dice
     cfg.MODEL.CROBIM.LOSS_LAMBDA = 0.9

@@ -224,3 +224,26 @@ def test_gradient_checkpointing_recomputes_through_the_onednn_function(monkeypat
     assert calls[1] > calls[0] > 0  # the recomputed forwards call it again
     for name, grad in grads[0].items():
         torch.testing.assert_close(grads[1][name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+@needs_onednn
+def test_policy_always_and_never_override_the_rule(monkeypatch, op_calls):
+    from crobim_d2.modeling.mid import FFN
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 8), FFN(8, 16, 0.0))
+    linear.use_onednn_linears(model)
+    assert linear.set_onednn_policy(model, "always") == 4  # the Linear, the FFN and its two layers
+    monkeypatch.setattr(linear, "_avx512", lambda: False)  # the rule: float32 stays on MKL here
+    x = torch.randn(5, 8, requires_grad=True)
+    model(x).sum().backward()  # "always": the autograd function in training
+    assert op_calls and set(op_calls) == {"none"}
+    linear.set_onednn_policy(model, "never")
+    monkeypatch.setattr(linear, "_avx512", lambda: True)  # the rule would take oneDNN everywhere here
+    op_calls.clear()
+    with torch.no_grad():
+        model.eval()(x)
+    model(x).sum().backward()
+    assert op_calls == []  # "never": F.linear, MID's FFN included
+    with pytest.raises(ValueError, match=r"MODEL\.CROBIM\.ONEDNN_LINEAR='mkl'.*'never'"):
+        linear.set_onednn_policy(model, "mkl")

@@ -9,6 +9,8 @@ from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
 from crobim_d2 import add_crobim_config
+from crobim_d2.modeling.layers import linear
+from crobim_d2.modeling.layers.linear import set_onednn_policy
 
 SIZE = 64
 FIXTURE = os.path.join(os.path.dirname(__file__), "data", "crobim_tiny_7dc6103.pth")
@@ -193,6 +195,7 @@ def test_bfloat16_inference_agrees_with_float32(convnext_model):
         ("MODEL.CROBIM.LOSS_LAMBDA", 1.5, ValueError),
         ("MODEL.CROBIM.LGFA_LANGUAGE", "prompts", ValueError),
         ("MODEL.CROBIM.ADC_FUSION", "spatial", ValueError),
+        ("MODEL.CROBIM.ONEDNN_LINEAR", "mkl", ValueError),
         ("MODEL.TEXT_ENCODER.WEIGHTS", "pretrained/no-such-bert", FileNotFoundError),
     ],
 )
@@ -259,3 +262,27 @@ def test_checkpoint_of_an_earlier_version_loads_and_gives_the_same_outputs(tmp_p
         torch.testing.assert_close(logits, saved["logits"], rtol=0, atol=1e-4)
         for got, want in zip(probs, saved["ref_seg"]):
             torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+
+
+@pytest.mark.skipif(not linear.ONEDNN_LINEAR, reason="torch built without oneDNN")
+@pytest.mark.parametrize("policy", ["never", "always"])
+def test_onednn_linear_policy_reaches_every_layer(monkeypatch, policy):
+    """MODEL.CROBIM.ONEDNN_LINEAR sets the policy of the backbone's, LGFA's and MID's layers (and MID's FFN):
+    "never" keeps F.linear even where the rule would take oneDNN, "always" takes it where the rule would not;
+    the masks agree either way."""
+    model = build(tiny_cfg(ONEDNN_LINEAR=policy)).eval()
+    policies = {m.onednn_policy for m in model.modules() if hasattr(m, "onednn_policy")}
+    assert policies == {policy}
+    assert sum(isinstance(m, linear.OneDNNLinear) for m in model.backbone.modules()) > 0
+    calls = []
+    op = torch.ops.mkldnn._linear_pointwise
+    monkeypatch.setattr(linear.torch.ops.mkldnn, "_linear_pointwise", lambda *a: calls.append(a[3]) or op(*a))
+    monkeypatch.setattr(linear, "_avx512", lambda: policy == "never")  # the rule says the opposite
+    model.inference_dtype = "float32"
+    with torch.no_grad():
+        got = model(make_inputs(1))[0]["ref_seg"]
+    assert bool(calls) is (policy == "always")
+    set_onednn_policy(model, "auto")
+    with torch.no_grad():
+        want = model(make_inputs(1))[0]["ref_seg"]
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-4)

@@ -14,6 +14,7 @@ from torch import nn
 
 from ..precision import PRECISIONS, autocast_dtype
 from .capm import ContextAwarePromptModulation
+from .layers.linear import set_onednn_policy
 from .lgfa import LanguageGuidedFeatureAggregation
 from .loss import crobim_loss
 from .mid import MutualInteractionDecoder
@@ -42,10 +43,12 @@ class CroBIM(nn.Module):
         loss_lambda: float = 0.9,
         inference_dtype: str = "auto",
         lgfa_language: str = "words_and_prompts",
+        onednn_linear: str = "auto",
     ):
         """``inference_dtype``: one of ``crobim_d2.precision.PRECISIONS``; "auto" lets the device decide.
         ``lgfa_language``: what LGFA's keys and values read, "words_and_prompts" (all of L_v) or "words"
-        (L_v without the N_p prompt tokens, Eq. 4's L); MID always reads all of L_v."""
+        (L_v without the N_p prompt tokens, Eq. 4's L); MID always reads all of L_v. ``onednn_linear``: where
+        the CPU runs linear layers on oneDNN, one of ``layers.linear.POLICIES`` (``layers/linear.py``)."""
         super().__init__()
         if inference_dtype not in PRECISIONS:
             raise ValueError(
@@ -67,6 +70,7 @@ class CroBIM(nn.Module):
         self.loss_lambda = loss_lambda
         self.inference_dtype = inference_dtype
         self.lgfa_language = lgfa_language
+        set_onednn_policy(self, onednn_linear)
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), persistent=False)
 
@@ -90,6 +94,7 @@ class CroBIM(nn.Module):
             "loss_lambda": cfg.MODEL.CROBIM.LOSS_LAMBDA,
             "inference_dtype": cfg.MODEL.CROBIM.INFERENCE_DTYPE,
             "lgfa_language": cfg.MODEL.CROBIM.LGFA_LANGUAGE,
+            "onednn_linear": cfg.MODEL.CROBIM.ONEDNN_LINEAR,
         }
 
     @property

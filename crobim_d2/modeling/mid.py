@@ -22,7 +22,9 @@ class FFN(nn.Sequential):
     """Linear, ReLU, Dropout, Linear. The tokens run as one (N*S, D) matrix so that the hidden layer is a
     tensor of its own (not a view of a batched product): the ReLU then runs in place without autograd
     copying the hidden layer back in backward. In CPU inference both layers run through oneDNN with bias
-    and ReLU fused into the products (``layers/linear.py``)."""
+    and ReLU fused into the products (``layers/linear.py``; ``onednn_policy`` as there)."""
+
+    onednn_policy = "auto"
 
     def __init__(self, dim: int, ffn_dim: int, dropout: float):
         super().__init__(
@@ -31,7 +33,7 @@ class FFN(nn.Sequential):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         fc1, _, drop, fc2 = self
-        if fused_linear_applies(x) and not (self.training and drop.p > 0):
+        if fused_linear_applies(x, policy=self.onednn_policy) and not (self.training and drop.p > 0):
             return fused_linear(fused_linear(x, fc1.weight, fc1.bias, "relu"), fc2.weight, fc2.bias)
         hidden = fc1(x.reshape(-1, x.shape[-1])).relu_()
         return fc2(drop(hidden)).view(*x.shape[:-1], -1)

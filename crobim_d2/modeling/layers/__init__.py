@@ -3,7 +3,14 @@ through oneDNN on the CPU (fused for inference, and the image encoders' layers),
 centres, and the mapping of configured stage names to positions."""
 
 from .attention import Attention, fold_heads, folded_query_softmax, scaled_dot_product_attention
-from .linear import OneDNNLinear, OneDNNMlp, fused_linear, fused_linear_applies, use_onednn_linears
+from .linear import (
+    OneDNNLinear,
+    OneDNNMlp,
+    fused_linear,
+    fused_linear_applies,
+    set_onednn_policy,
+    use_onednn_linears,
+)
 from .position import cell_centres, cell_position_encoding, sine_position_encoding
 from .stages import stage_indices
 
@@ -18,6 +25,7 @@ __all__ = [
     "fused_linear",
     "fused_linear_applies",
     "scaled_dot_product_attention",
+    "set_onednn_policy",
     "sine_position_encoding",
     "stage_indices",
     "use_onednn_linears",

@@ -16,6 +16,10 @@ this into the image encoders, LGFA and MID (``use_onednn_linears``): fused infer
 training on AVX-512 an autograd function whose forward and input gradient run on oneDNN (the weight
 gradient, a product over all tokens, stays ``torch.mm``). The numbers are in projects/CroBIM/README.md
 ("Linear layers on the CPU", "Benchmarks").
+
+``MODEL.CROBIM.ONEDNN_LINEAR`` (each layer's ``onednn_policy``, set model-wide by ``set_onednn_policy``)
+overrides the rule: "auto" as above, "always" float32 on oneDNN on any CPU (for an AVX2 CPU where
+``benchmarks/linear.py`` shows oneDNN faster), "never" ``F.linear`` everywhere.
 """
 
 import torch
@@ -28,13 +32,17 @@ from torch.autograd.function import once_differentiable
 from ...precision import cpu_capability, cpu_has_native_bf16
 
 __all__ = [
+    "POLICIES",
     "OneDNNLinear",
     "OneDNNMlp",
     "fused_linear",
     "fused_linear_applies",
     "onednn_training_applies",
+    "set_onednn_policy",
     "use_onednn_linears",
 ]
+
+POLICIES = ("auto", "always", "never")
 
 # oneDNN's post-op name and algorithm for each activation fused_linear can fuse.
 ACTIVATIONS = {None: ("none", ""), "relu": ("relu", ""), "gelu": ("gelu", "none"), "gelu_tanh": ("gelu", "tanh")}
@@ -58,15 +66,18 @@ def _avx512() -> bool:
     return cpu_capability() == "AVX512"
 
 
-def fused_linear_applies(x: torch.Tensor, *, float32_needs_avx512: bool = False) -> bool:
+def fused_linear_applies(x: torch.Tensor, *, float32_needs_avx512: bool = False, policy: str = "auto") -> bool:
     """Whether ``fused_linear`` may stand in for ``F.linear`` on input x here: a non-empty CPU tensor, no
     autograd graph recorded, torch built with oneDNN, natively supported bfloat16 or float32 (with
-    ``float32_needs_avx512``: float32 only on an AVX-512 CPU)."""
-    if not ONEDNN_LINEAR or x.device.type != "cpu" or torch.is_grad_enabled() or x.numel() == 0:
+    ``float32_needs_avx512``: float32 only on an AVX-512 CPU, unless ``policy`` is "always"); never where
+    ``policy`` is "never"."""
+    if policy == "never" or not ONEDNN_LINEAR or x.device.type != "cpu" or torch.is_grad_enabled():
+        return False
+    if x.numel() == 0:
         return False
     dtype = _compute_dtype(x)
     if dtype == torch.float32:
-        return not float32_needs_avx512 or _avx512()
+        return policy == "always" or not float32_needs_avx512 or _avx512()
     return dtype == torch.bfloat16 and cpu_has_native_bf16()
 
 
@@ -85,17 +96,19 @@ def fused_linear(
     return out.view(*x.shape[:-1], weight.shape[0])
 
 
-def onednn_training_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
+def onednn_training_applies(x: torch.Tensor, weight: torch.Tensor, policy: str = "auto") -> bool:
     """Whether ``OneDNNLinear`` runs its autograd function on x: a non-empty float32 CPU input and weight with
-    autograd on and no autocast, on an AVX-512 CPU, torch built with oneDNN."""
+    autograd on and no autocast, on an AVX-512 CPU (any CPU where ``policy`` is "always"; none where it is
+    "never"), torch built with oneDNN."""
     return (
-        ONEDNN_LINEAR
+        policy != "never"
+        and ONEDNN_LINEAR
         and torch.is_grad_enabled()
         and x.device.type == "cpu"
         and x.numel() > 0
         and x.dtype == weight.dtype == torch.float32
         and not torch.is_autocast_enabled("cpu")
-        and _avx512()
+        and (policy == "always" or _avx512())
     )
 
 
@@ -128,12 +141,14 @@ class OneDNNLinear(nn.Linear):
     """``nn.Linear`` (same parameters and state-dict keys) whose CPU forward runs on oneDNN where that is the
     faster path: inference in bfloat16, or in float32 on AVX-512 (``fused_linear``); float32 training on
     AVX-512 (the autograd function above). Elsewhere (CUDA, AVX2-only CPUs, bfloat16 training, float64) it
-    is ``nn.Linear``."""
+    is ``nn.Linear``. ``onednn_policy``: one of ``POLICIES`` (``set_onednn_policy``)."""
+
+    onednn_policy = "auto"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if fused_linear_applies(x, float32_needs_avx512=True):
+        if fused_linear_applies(x, float32_needs_avx512=True, policy=self.onednn_policy):
             return fused_linear(x, self.weight, self.bias)
-        if onednn_training_applies(x, self.weight):
+        if onednn_training_applies(x, self.weight, self.onednn_policy):
             flat = x.reshape(-1, x.shape[-1])
             return _OneDNNLinearFunction.apply(flat, self.weight, self.bias).view(*x.shape[:-1], -1)
         return super().forward(x)
@@ -149,7 +164,9 @@ def _fusable_activation(act: nn.Module) -> str | None:
 class OneDNNMlp(Mlp):
     """timm's ``Mlp`` (fc1, activation, fc2; same state-dict keys) with, in CPU inference, the activation fused
     into fc1's product; its two linear layers are ``OneDNNLinear``. The fused path needs an activation oneDNN
-    fuses, no hidden norm and no active dropout."""
+    fuses, no hidden norm and no active dropout. ``onednn_policy``: one of ``POLICIES``."""
+
+    onednn_policy = "auto"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         activation = _fusable_activation(self.act)
@@ -158,7 +175,7 @@ class OneDNNMlp(Mlp):
             activation is not None
             and isinstance(self.norm, nn.Identity)
             and not dropout
-            and fused_linear_applies(x, float32_needs_avx512=True)
+            and fused_linear_applies(x, float32_needs_avx512=True, policy=self.onednn_policy)
         ):
             hidden = fused_linear(x, self.fc1.weight, self.fc1.bias, activation)
             return fused_linear(hidden, self.fc2.weight, self.fc2.bias)
@@ -179,3 +196,19 @@ def use_onednn_linears(module: nn.Module) -> int:
             continue
         changed += 1
     return changed
+
+
+def set_onednn_policy(module: nn.Module, policy: str, key: str = "MODEL.CROBIM.ONEDNN_LINEAR") -> int:
+    """Set ``onednn_policy`` on every submodule that has one (``OneDNNLinear``, ``OneDNNMlp``, MID's FFN).
+    ``key`` names the config key in the error for an unknown policy. Returns how many were set."""
+    if policy not in POLICIES:
+        raise ValueError(
+            f"{key}={policy!r} is not a policy; use one of {list(POLICIES)}: 'auto' (oneDNN where it was "
+            "measured faster), 'always' (float32 on oneDNN on any CPU too) or 'never' (F.linear everywhere)."
+        )
+    count = 0
+    for sub in module.modules():
+        if hasattr(sub, "onednn_policy"):
+            sub.onednn_policy = policy
+            count += 1
+    return count
