@@ -1,8 +1,10 @@
 """Building blocks shared by the paper modules: attention (with the model's precision policy), linear layers
-through oneDNN on the CPU (fused for inference, and the image encoders' layers), position encodings on cell
-centres, and the mapping of configured stage names to positions."""
+through oneDNN on the CPU (fused for inference, and the image encoders' layers), depthwise convolutions
+with a fast CPU backward, position encodings on cell centres, and the mapping of configured stage names to
+positions."""
 
 from .attention import Attention, fold_heads, folded_query_softmax, scaled_dot_product_attention
+from .conv import DepthwiseConv2d, use_fast_depthwise
 from .linear import (
     OneDNNLinear,
     OneDNNMlp,
@@ -16,6 +18,7 @@ from .stages import stage_indices
 
 __all__ = [
     "Attention",
+    "DepthwiseConv2d",
     "OneDNNLinear",
     "OneDNNMlp",
     "cell_centres",
@@ -28,5 +31,6 @@ __all__ = [
     "set_onednn_policy",
     "sine_position_encoding",
     "stage_indices",
+    "use_fast_depthwise",
     "use_onednn_linears",
 ]
