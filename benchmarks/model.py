@@ -7,9 +7,10 @@ both see the same CPU load; the ratio is the median of the per-repeat ratios. Th
 <= 1.25x the floor, a batch-2 training step (forward, loss, backward) <= 1.2x.
 
 CroBIM's Swin-B / ConvNeXt-B run their linear layers through oneDNN where that is faster
-(crobim_d2/modeling/layers/linear.py), which timm's do not. So each repeat also times the same timm backbone
-with those layers ("backbone on oneDNN"), and "ratio, same encoders" is CroBIM over that backbone plus BERT:
-what CroBIM's heads cost on top of the encoders exactly as CroBIM runs them.
+(crobim_d2/modeling/layers/linear.py) and ConvNeXt's depthwise convolutions with a faster CPU backward
+(layers/conv.py), which timm's do not. So each repeat also times the same timm backbone with those layers
+("backbone on oneDNN"), and "ratio, same encoders" is CroBIM over that backbone plus BERT: what CroBIM's
+heads cost on top of the encoders exactly as CroBIM runs them.
 
 Modes (each in its own subprocess, so that its peak RSS is its own; "peak MiB" is the growth of the peak RSS
 over the built models'):
@@ -160,7 +161,7 @@ class Floor:
         import torch
         from transformers import BertConfig, BertModel
 
-        from crobim_d2.modeling.layers.linear import use_onednn_linears
+        from crobim_d2.modeling.layers import use_fast_depthwise, use_onednn_linears
 
         name, kwargs = FLOOR_BACKBONES[config]
         torch.manual_seed(1)
@@ -168,6 +169,7 @@ class Floor:
         self.backbone_onednn = timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
         self.backbone_onednn.load_state_dict(self.backbone.state_dict())
         use_onednn_linears(self.backbone_onednn)
+        use_fast_depthwise(self.backbone_onednn)
         self.bert = BertModel(BertConfig(), add_pooling_layer=False)
         s = cfg.INPUT.IMAGE_SIZE
         self.images = torch.randn(len(inputs), 3, s, s)
