@@ -1,5 +1,6 @@
 """Depthwise convolutions with a backward of forward convolutions (layers/conv.py): nn.Conv2d's gradients,
-taken only in float32 CPU training, and only for the convolutions it computes exactly."""
+taken only in CPU training (float32 or bfloat16 autocast), and only for the convolutions it computes
+exactly."""
 
 import pytest
 import torch
@@ -62,17 +63,39 @@ def test_only_exact_convolutions_are_converted_and_the_state_dict_stays():
     assert list(model.state_dict()) == keys and use_fast_depthwise(model) == 0
 
 
-def test_inference_and_autocast_keep_nn_conv2d(function_calls):
+def test_inference_and_other_dtypes_keep_nn_conv2d(function_calls):
     layer = nn.Conv2d(4, 4, 7, padding=3, groups=4)
     use_fast_depthwise(layer)
     x = torch.randn(1, 4, 8, 8)
     with torch.no_grad():
         layer(x)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = layer(x)
-    assert function_calls == [] and out.dtype == torch.bfloat16
-    layer(x).sum().backward()
+    layer.double()(x.double()).sum().backward()
+    assert function_calls == []
+    layer.float()(x).sum().backward()
     assert function_calls == [1]
+
+
+def test_bfloat16_autocast_gradients_agree_with_autocast_conv2d(function_calls):
+    """Under bfloat16 CPU autocast it computes in bfloat16, as autocast's convolution does, and returns
+    float32 gradients for the float32 parameters."""
+    torch.manual_seed(0)
+    plain = nn.Conv2d(8, 8, 7, padding=3, groups=8)
+    fast = nn.Conv2d(8, 8, 7, padding=3, groups=8)
+    fast.load_state_dict(plain.state_dict())
+    use_fast_depthwise(fast)
+    x = torch.randn(2, 8, 12, 12, requires_grad=True)
+    grad_out = torch.randn(2, 8, 12, 12)
+    results = []
+    for layer in (plain, fast):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = layer(x)
+        out.backward(grad_out.to(out.dtype))
+        results.append((out.float(), x.grad.clone(), layer.weight.grad, layer.bias.grad))
+        x.grad = None
+    assert function_calls == [1] and results[1][0].dtype == torch.float32
+    assert results[1][2].dtype == torch.float32
+    for want, got in zip(*results):
+        torch.testing.assert_close(got, want, rtol=0, atol=3e-2 * want.abs().max().item())
 
 
 def test_convnext_backbone_uses_it_and_trains_to_the_same_gradients():

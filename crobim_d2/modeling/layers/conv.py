@@ -8,8 +8,9 @@ themselves depthwise forward convolutions:
 - weight: per (image, channel), the zero-padded input correlated with that channel's output gradient (the
   gradient map as a kernel, the N*C maps as groups), then summed over the images.
 
-``DepthwiseConv2d`` (an ``nn.Conv2d``: same parameters and state-dict keys) takes this backward in float32 CPU
-training; everything else (inference, CUDA, autocast, other dtypes) is ``nn.Conv2d``. ``use_fast_depthwise``
+``DepthwiseConv2d`` (an ``nn.Conv2d``: same parameters and state-dict keys) takes this backward in CPU
+training, in float32 or under bfloat16 autocast (computing in bfloat16, as autocast's convolution does);
+everything else (inference, CUDA, other dtypes) is ``nn.Conv2d``. ``use_fast_depthwise``
 converts the eligible convolutions of a module in place. The numbers are in projects/CroBIM/README.md
 ("Linear layers on the CPU").
 """
@@ -22,16 +23,20 @@ from torch.autograd.function import once_differentiable
 __all__ = ["DepthwiseConv2d", "depthwise_backward_applies", "use_fast_depthwise"]
 
 
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
+
+
 def depthwise_backward_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether ``DepthwiseConv2d`` runs its autograd function: autograd on, a float32 CPU input and weight, no
-    CPU autocast."""
+    """Whether ``DepthwiseConv2d`` runs its autograd function: autograd on, a float32 CPU input and weight,
+    computing in float32 or under bfloat16 CPU autocast."""
     return (
         torch.is_grad_enabled()
         and x.device.type == "cpu"
         and x.dim() == 4
         and x.numel() > 0
         and x.dtype == weight.dtype == torch.float32
-        and not torch.is_autocast_enabled("cpu")
+        and _compute_dtype(x) in (torch.float32, torch.bfloat16)
     )
 
 
@@ -55,19 +60,22 @@ class _DepthwiseConvFunction(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             padded = F.pad(x, (p, p, p, p)).reshape(1, n * c, h + 2 * p, w + 2 * p)
             per_image = F.conv2d(padded, grad.reshape(n * c, 1, h, w), groups=n * c)
-            grad_weight = per_image.view(n, c, 1, *weight.shape[-2:]).sum(0)
+            grad_weight = per_image.view(n, c, 1, *weight.shape[-2:]).sum(0, dtype=torch.float32).to(weight.dtype)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_bias = grad.sum((0, 2, 3))
         return grad_x, grad_weight, grad_bias, None
 
 
 class DepthwiseConv2d(nn.Conv2d):
-    """A stride-1, odd square-kernel, "same"-padded depthwise ``nn.Conv2d`` whose float32 CPU backward runs as
+    """A stride-1, odd square-kernel, "same"-padded depthwise ``nn.Conv2d`` whose CPU training backward runs as
     two forward convolutions (module docstring)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if depthwise_backward_applies(x, self.weight):
-            return _DepthwiseConvFunction.apply(x, self.weight, self.bias, self.padding[0])
+            dtype = _compute_dtype(x)
+            bias = None if self.bias is None else self.bias.to(dtype)
+            with torch.autocast("cpu", enabled=False):  # the inputs are cast here, once
+                return _DepthwiseConvFunction.apply(x.to(dtype), self.weight.to(dtype), bias, self.padding[0])
         return super().forward(x)
 
 
