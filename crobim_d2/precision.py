@@ -18,7 +18,14 @@ import warnings
 
 import torch
 
-__all__ = ["PRECISIONS", "autocast_dtype", "cpu_capability", "cpu_has_native_bf16", "describe_cpu"]
+__all__ = [
+    "PRECISIONS",
+    "autocast_dtype",
+    "cpu_capability",
+    "cpu_compute_dtype",
+    "cpu_has_native_bf16",
+    "describe_cpu",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +45,12 @@ def cpu_has_native_bf16() -> bool:
 def cpu_capability() -> str:
     """PyTorch's CPU kernel capability, e.g. "AVX2" or "AVX512"."""
     return torch.backends.cpu.get_cpu_capability()
+
+
+def cpu_compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype a CPU matrix product or convolution on x computes in here: the CPU autocast dtype where
+    autocast is on, else x's own."""
+    return torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
 
 
 def cpu_has_amx() -> bool:

@@ -4,6 +4,7 @@ exactly."""
 
 import pytest
 import torch
+from _layer_grads import assert_same_numbers, outputs_and_grads
 from torch import nn
 
 from crobim_d2.modeling.backbone import D2ConvNeXt
@@ -32,18 +33,10 @@ def test_gradients_equal_nn_conv2d(function_calls, kernel, bias, frozen):
         layer.weight.requires_grad_(not frozen)
     x = torch.randn(3, 6, 11, 9, requires_grad=True)
     grad_out = torch.randn(3, 11, 9, 6).permute(0, 3, 1, 2)  # a channels-last gradient, as ConvNeXt's
-    results = []
-    for layer in (plain, fast):
-        out = layer(x)
-        out.backward(grad_out)
-        results.append((out, x.grad.clone(), layer.weight.grad, layer.bias.grad if bias else None))
-        x.grad = None
+    want, got = outputs_and_grads((plain, fast), x, grad_out)
     assert function_calls == [1]
-    for want, got in zip(*results):
-        if want is None:
-            assert got is None
-        else:
-            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert (want[2] is None) is frozen and (want[3] is None) is not bias
+    assert_same_numbers(want, got, rtol=1e-5, atol=1e-5)
 
 
 def test_only_exact_convolutions_are_converted_and_the_state_dict_stays():
@@ -85,17 +78,10 @@ def test_bfloat16_autocast_gradients_agree_with_autocast_conv2d(function_calls):
     use_fast_depthwise(fast)
     x = torch.randn(2, 8, 12, 12, requires_grad=True)
     grad_out = torch.randn(2, 8, 12, 12)
-    results = []
-    for layer in (plain, fast):
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            out = layer(x)
-        out.backward(grad_out.to(out.dtype))
-        results.append((out.float(), x.grad.clone(), layer.weight.grad, layer.bias.grad))
-        x.grad = None
-    assert function_calls == [1] and results[1][0].dtype == torch.float32
-    assert results[1][2].dtype == torch.float32
-    for want, got in zip(*results):
-        torch.testing.assert_close(got, want, rtol=0, atol=3e-2 * want.abs().max().item())
+    want, got = outputs_and_grads((plain, fast), x, grad_out, autocast=torch.bfloat16)
+    assert function_calls == [1] and got[2].dtype == got[3].dtype == torch.float32
+    for a, b in zip(want, got, strict=True):
+        torch.testing.assert_close(b, a, rtol=0, atol=3e-2 * a.abs().max().item())
 
 
 def test_convnext_backbone_uses_it_and_trains_to_the_same_gradients():

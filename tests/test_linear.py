@@ -4,6 +4,7 @@ in inference and training, taken only where the rule says, and the backbones bui
 import pytest
 import torch
 import torch.nn.functional as F
+from _layer_grads import assert_same_numbers, outputs_and_grads
 from timm.layers import Mlp
 from timm.layers.activations import GELUTanh
 from torch import nn
@@ -107,22 +108,10 @@ def test_float32_training_gives_the_gradients_of_nn_linear(monkeypatch, op_calls
         layer.weight.requires_grad_(not frozen)
     x = torch.randn(3, 7, 12, requires_grad=True)
     grad_out = torch.randn(3, 7, 20)
-    results = []
-    for layer in (plain, fast):
-        out = layer(x)
-        out.backward(grad_out)
-        results.append((out, x.grad.clone(), layer.weight.grad, layer.bias.grad if bias else None))
-        x.grad = None
+    want, got = outputs_and_grads((plain, fast), x, grad_out)
     assert op_calls == ["none", "none"]  # forward and input gradient
-    (want, want_dx, want_dw, want_db), (got, got_dx, got_dw, got_db) = results
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(got_dx, want_dx, rtol=1e-5, atol=1e-5)
-    if frozen:
-        assert got_dw is None and want_dw is None
-    else:
-        torch.testing.assert_close(got_dw, want_dw, rtol=1e-5, atol=1e-5)
-    if bias:
-        torch.testing.assert_close(got_db, want_db, rtol=1e-5, atol=1e-5)
+    assert (want[2] is None) is frozen and (want[3] is None) is not bias
+    assert_same_numbers(want, got, rtol=1e-5, atol=1e-5)
 
 
 @needs_onednn
@@ -141,7 +130,7 @@ def test_training_keeps_nn_linear_under_autocast_and_without_avx512(monkeypatch,
 
 def test_use_onednn_linears_keeps_state_dict_and_leaves_subclasses():
     class Custom(nn.Linear):
-        pass
+        """A subclass whose forward may differ: use_onednn_linears must leave it alone."""
 
     model = nn.Sequential(nn.Linear(4, 4), Custom(4, 4), Mlp(4, 8), Mlp(4, 8, use_conv=True))
     keys = list(model.state_dict())

@@ -20,11 +20,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from ...precision import cpu_compute_dtype
+
 __all__ = ["DepthwiseConv2d", "depthwise_backward_applies", "use_fast_depthwise"]
-
-
-def _compute_dtype(x: torch.Tensor) -> torch.dtype:
-    return torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
 
 
 def depthwise_backward_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -36,7 +34,7 @@ def depthwise_backward_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
         and x.dim() == 4
         and x.numel() > 0
         and x.dtype == weight.dtype == torch.float32
-        and _compute_dtype(x) in (torch.float32, torch.bfloat16)
+        and cpu_compute_dtype(x) in (torch.float32, torch.bfloat16)
     )
 
 
@@ -72,7 +70,7 @@ class DepthwiseConv2d(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if depthwise_backward_applies(x, self.weight):
-            dtype = _compute_dtype(x)
+            dtype = cpu_compute_dtype(x)
             bias = None if self.bias is None else self.bias.to(dtype)
             with torch.autocast("cpu", enabled=False):  # the inputs are cast here, once
                 return _DepthwiseConvFunction.apply(x.to(dtype), self.weight.to(dtype), bias, self.padding[0])

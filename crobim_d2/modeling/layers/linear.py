@@ -29,7 +29,7 @@ from timm.layers.activations import GELUTanh
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from ...precision import cpu_capability, cpu_has_native_bf16
+from ...precision import cpu_capability, cpu_compute_dtype, cpu_has_native_bf16
 
 __all__ = [
     "POLICIES",
@@ -58,10 +58,6 @@ def _onednn_linear_built() -> bool:
 ONEDNN_LINEAR = _onednn_linear_built()
 
 
-def _compute_dtype(x: torch.Tensor) -> torch.dtype:
-    return torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
-
-
 def _avx512() -> bool:
     return cpu_capability() == "AVX512"
 
@@ -71,11 +67,9 @@ def fused_linear_applies(x: torch.Tensor, *, float32_needs_avx512: bool = False,
     autograd graph recorded, torch built with oneDNN, natively supported bfloat16 or float32 (with
     ``float32_needs_avx512``: float32 only on an AVX-512 CPU, unless ``policy`` is "always"); never where
     ``policy`` is "never"."""
-    if policy == "never" or not ONEDNN_LINEAR or x.device.type != "cpu" or torch.is_grad_enabled():
+    if policy == "never" or not ONEDNN_LINEAR or x.device.type != "cpu" or torch.is_grad_enabled() or not x.numel():
         return False
-    if x.numel() == 0:
-        return False
-    dtype = _compute_dtype(x)
+    dtype = cpu_compute_dtype(x)
     if dtype == torch.float32:
         return policy == "always" or not float32_needs_avx512 or _avx512()
     return dtype == torch.bfloat16 and cpu_has_native_bf16()
@@ -88,7 +82,7 @@ def fused_linear(
     x (..., K) -> (..., N). Only where ``fused_linear_applies(x)``: the caller decides once, and keeps its own
     plain path otherwise."""
     attr, algorithm = ACTIVATIONS[activation]
-    dtype = _compute_dtype(x)
+    dtype = cpu_compute_dtype(x)
     flat = x.reshape(-1, x.shape[-1]).to(dtype).contiguous()
     out = torch.ops.mkldnn._linear_pointwise(
         flat, weight.to(dtype), None if bias is None else bias.to(dtype), attr, [None], algorithm
